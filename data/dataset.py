@@ -1,0 +1,118 @@
+"""Torch dataset of training windows over a ``ReplayBuffer`` (batched fetching).
+
+``SequenceDataset`` implements ``__getitems__``, so a ``DataLoader`` hands it a whole list of
+indices and it gathers the batch with one vectorized index per key (``SequenceSampler``),
+instead of the default per-sample ``__getitem__`` plus ``default_collate``. Images stay uint8
+(B, To, H, W, 3): the training device converts them (4x less memory traffic than float32).
+Use ``make_dataloader`` to get a loader wired for this (identity collate, seeded shuffling,
+pinned memory on CUDA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data.normalizer import Normalizer
+from data.replay_buffer import ReplayBuffer
+from data.sampler import SequenceSampler, split_episodes
+
+
+class SequenceDataset(Dataset):
+    """Windows of (obs: n_obs_steps, action: horizon) from a buffer, as torch tensors."""
+
+    def __init__(
+        self,
+        buffer: ReplayBuffer,
+        *,
+        horizon: int,
+        n_obs_steps: int,
+        n_action_steps: int,
+        obs_keys: Sequence[str],
+        action_key: str = "action",
+        val_ratio: float = 0.0,
+        max_train_episodes: int | None = None,
+        seed: int = 0,
+        split: str = "train",
+    ) -> None:
+        """Index the ``split`` ("train" or "val") episodes of ``buffer``."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        missing = [k for k in [*obs_keys, action_key] if k not in buffer]
+        if missing:
+            raise KeyError(f"dataset: keys {missing} are not in the store {buffer.path}; it has {buffer.keys()}")
+        self.buffer = buffer
+        self.obs_keys = list(obs_keys)
+        self.action_key = action_key
+        self._cfg = dict(horizon=horizon, n_obs_steps=n_obs_steps, n_action_steps=n_action_steps,
+                         obs_keys=self.obs_keys, action_key=action_key)
+        self._split = dict(val_ratio=val_ratio, max_train_episodes=max_train_episodes, seed=seed)
+        train, val = split_episodes(buffer.n_episodes, **self._split)
+        self.episode_mask = train if split == "train" else val
+        arrays = {k: buffer.array(k) for k in [*self.obs_keys, action_key]}
+        self.sampler = SequenceSampler(arrays, buffer.episode_ends, episode_mask=self.episode_mask, **self._cfg)
+
+    def get_validation_dataset(self) -> "SequenceDataset":
+        """The held-out episodes with the same windowing."""
+        return SequenceDataset(self.buffer, split="val", **self._cfg, **self._split)
+
+    def get_normalizer(self, modes: Mapping[str, str]) -> Normalizer:
+        """Fit a ``Normalizer`` on the training episodes' steps for the keys in ``modes``."""
+        ends = self.buffer.episode_ends
+        starts = np.concatenate([[0], ends[:-1]])
+        steps = np.concatenate([np.arange(s, e) for s, e, m in zip(starts, ends, self.episode_mask) if m] or [[]])
+        steps = steps.astype(np.int64)
+        data: dict[str, Any] = {}
+        for key, mode in modes.items():
+            arr = self.buffer.array(key)
+            # Image statistics are fixed (uint8 -> [0, 1]): pass the lazy array, never read the pixels.
+            data[key] = arr if mode == "image" else np.asarray(arr[: self.buffer.n_steps])[steps]
+        return Normalizer.fit(data, modes)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """One window (no batch axis)."""
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """A whole batch: obs keys (B, n_obs_steps, ...), action (B, horizon, Da)."""
+        batch = self.sampler.sample_batch(np.asarray(indices, dtype=np.int64))
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+
+
+def _identity(batch: Any) -> Any:
+    """Collate for ``__getitems__`` datasets: the batch is already assembled."""
+    return batch
+
+
+def make_dataloader(
+    dataset: SequenceDataset,
+    *,
+    batch_size: int,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    seed: int = 0,
+    drop_last: bool = True,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """A DataLoader that fetches whole batches via ``__getitems__``; pins memory when CUDA is present."""
+    if len(dataset) == 0:
+        raise ValueError("dataset has no windows: episodes are shorter than the horizon or the split is empty")
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=_identity,
+        generator=generator,
+        drop_last=drop_last and len(dataset) >= batch_size,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=num_workers > 0,
+    )
