@@ -65,7 +65,7 @@ class PerSampleDataset(Dataset):
         self.buffer = buffer
         ends = buffer.episode_ends
         starts = np.concatenate([[0], ends[:-1]])
-        self.windows = [(s, e, r) for s, e in zip(starts, ends)
+        self.windows = [(s, e, r) for s, e in zip(starts, ends, strict=True)
                         for r in range(-(N_OBS - 1), int(e - s) - HORIZON + N_ACT)]
         self.arrays = {k: buffer.array(k) for k in ("image", "state", "action")}
 

@@ -64,7 +64,7 @@ class SequenceDataset(Dataset):
         """Fit a ``Normalizer`` on the training episodes' steps for the keys in ``modes``."""
         ends = self.buffer.episode_ends
         starts = np.concatenate([[0], ends[:-1]])
-        steps = np.concatenate([np.arange(s, e) for s, e, m in zip(starts, ends, self.episode_mask) if m] or [[]])
+        steps = np.concatenate([np.arange(s, e) for s, e, m in zip(starts, ends, self.episode_mask, strict=True) if m] or [[]])
         steps = steps.astype(np.int64)
         data: dict[str, Any] = {}
         for key, mode in modes.items():

@@ -21,12 +21,15 @@ rolls the arrays back before it propagates.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numcodecs
+import numcodecs.errors
 import numpy as np
 import zarr
 import zarr.codecs
@@ -41,10 +44,22 @@ class ReplayBufferError(ValueError):
     """A store that cannot be opened or an episode that cannot be added."""
 
 
-def _blosc(cname: str, clevel: int, itemsize: int) -> list[Any] | None:
-    """Blosc codec list for one array (bit-shuffle for multi-byte items)."""
+@functools.cache
+def _register_optional_codecs() -> None:
+    """Register imagecodecs' numcodecs (JPEG 2000 etc., used by Diffusion Policy's image stores) once."""
+    try:
+        from imagecodecs.numcodecs import register_codecs
+    except ImportError:
+        return
+    register_codecs(verbose=False)
+
+
+def _blosc(cname: str, clevel: int, itemsize: int, zarr_format: int) -> Any:
+    """Blosc compressor for one array (bit-shuffle for multi-byte items) in the store's zarr format."""
     if cname == "none":
         return None
+    if zarr_format == 2:  # appending to a Diffusion Policy (format 2) store needs numcodecs' codec
+        return numcodecs.Blosc(cname=cname, clevel=clevel, shuffle=numcodecs.Blosc.BITSHUFFLE if itemsize > 1 else 0)
     shuffle = "bitshuffle" if itemsize > 1 else "noshuffle"
     return [zarr.codecs.BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle)]
 
@@ -172,7 +187,13 @@ class ReplayBuffer:
             raise ReplayBufferError(f"{path}: missing group 'data'; not a replay buffer store")
         if "meta" not in root or "episode_ends" not in root["meta"]:
             raise ReplayBufferError(f"{path}: missing 'meta/episode_ends'; not a replay buffer store")
-        buf = cls(root, writable=mode == "a", store=store, path=path)
+        _register_optional_codecs()
+        try:
+            buf = cls(root, writable=mode == "a", store=store, path=path)
+        except numcodecs.errors.UnknownCodecError as exc:
+            raise ReplayBufferError(
+                f"{path}: an array uses a codec that is not installed ({exc}); Diffusion Policy's image stores "
+                f"need `pip install imagecodecs`") from None
         return buf.load_into_memory() if in_memory else buf
 
     def load_into_memory(self) -> "ReplayBuffer":
@@ -392,7 +413,8 @@ class ReplayBuffer:
                     self._data[key] = self._root["data"].create_array(
                         key, shape=(0, *value.shape[1:]), dtype=value.dtype,
                         chunks=(self._chunk_len(value.shape, value.itemsize), *value.shape[1:]),
-                        compressors=_blosc(self._compressor, self._clevel, value.itemsize), fill_value=0)
+                        compressors=_blosc(self._compressor, self._clevel, value.itemsize, self._root.metadata.zarr_format),
+                        fill_value=0)
                 arr = self._data[key]
                 arr.resize((n0 + t, *arr.shape[1:]))
                 arr[n0:n0 + t] = value

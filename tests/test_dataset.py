@@ -46,7 +46,7 @@ def test_dataloader_with_and_without_workers_agree(buffer: ReplayBuffer) -> None
     a = [b["action"] for b in make_dataloader(ds, batch_size=16, seed=1)]
     b = [b["action"] for b in make_dataloader(ds, batch_size=16, seed=1, num_workers=2)]
     assert len(a) == len(ds) // 16 and all(x.shape == (16, 8, 2) for x in a)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         torch.testing.assert_close(x, y)
     c = [b["action"] for b in make_dataloader(ds, batch_size=16, seed=2)]
     assert not torch.equal(a[0], c[0])

@@ -120,6 +120,33 @@ def test_reads_diffusion_policy_v2_directory(tmp_path: Path) -> None:
     np.testing.assert_array_equal(buf["img"][5], np.arange(5 * 48, 6 * 48).reshape(4, 4, 3).astype(np.uint8))
 
 
+def test_appends_to_diffusion_policy_v2_directory(tmp_path: Path) -> None:
+    path = tmp_path / "dp.zarr"
+    _dp_v2_group(zarr.open_group(str(path), mode="w", zarr_format=2))
+    buf = ReplayBuffer.open(path, mode="a")
+    ep = {"img": np.full((3, 4, 4, 3), 7, np.uint8), "action": np.ones((3, 2), np.float32)}
+    buf.add_episode(ep, {"mode": 1})
+    again = ReplayBuffer.open(path)
+    np.testing.assert_array_equal(again.episode_ends, [2, 6, 9])
+    np.testing.assert_array_equal(again.get_episode(2)["img"], ep["img"])
+    assert again.episode_meta("mode")[-1] == 1
+    assert (path / ".zgroup").exists() and not (path / "zarr.json").exists()  # still format 2
+
+
+def test_reads_jpeg2000_images_of_diffusion_policy_image_stores(tmp_path: Path) -> None:
+    from imagecodecs.numcodecs import Jpeg2k
+
+    path = tmp_path / "image.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    frames = np.tile(np.linspace(0, 255, 16, dtype=np.uint8)[None, :, None, None], (4, 1, 16, 3))
+    root.require_group("data").create_array("img", shape=frames.shape, chunks=(1, 16, 16, 3), dtype="uint8",
+                                            compressors=Jpeg2k(level=50))[:] = frames
+    root.require_group("meta").create_array("episode_ends", shape=(1,), dtype="int64")[:] = [4]
+    img = ReplayBuffer.open(path)["img"]
+    assert img.shape == frames.shape and img.dtype == np.uint8
+    assert np.abs(img.astype(int) - frames).max() <= 8  # JPEG 2000 at level 50 is near-lossless
+
+
 def test_reads_diffusion_policy_zip(tmp_path: Path) -> None:
     path = tmp_path / "demo.zarr.zip"
     zs = zarr.storage.ZipStore(str(path), mode="w")
