@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch and torchvision are pinned to the pair that robomimic imports beside (local wheels on our machines).
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test setup clean
 
 setup: $(STAMP)
 
@@ -21,11 +21,13 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(VPY) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
+# Until train.py/eval.py land, the demo collects expert demonstrations for the default task
+# (PushT), prints the store summary and writes a rollout video.
+DEMO_DIR := outputs/demo
 demo: $(STAMP)
-	$(VPY) -m data.demo
+	$(VPY) -m data.collect task=push_t n_episodes=20 out=$(DEMO_DIR)/push_t.zarr
+	$(VPY) -m envs.record_video --env actchunk/PushT-v0 --out $(DEMO_DIR)/push_t.mp4 --episodes 2
 
-bench: $(STAMP)
-	$(VPY) benchmarks/bench_data.py
 
 clean:
 	rm -rf $(VENV) outputs

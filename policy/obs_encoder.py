@@ -1,0 +1,177 @@
+"""Observation encoder: camera images and low-dim vectors -> one feature vector per observation step.
+
+Image keys go through Diffusion Policy's vision stack built from robomimic blocks: a ResNet-18
+trunk (``robomimic.models.base_nets.ResNet18Conv``, no pretrained weights) whose BatchNorms are
+replaced by GroupNorm (num_groups = channels // 16), robomimic's ``SpatialSoftmax`` keypoints and
+a linear projection. ``backbone="small"`` swaps the trunk for three stride-2 conv layers (same
+GroupNorm, same keypoint head) so image policies train on a CPU. Low-dim keys (already
+normalized by the policy's normalizer) are concatenated after the image features.
+
+The crop is our own rather than robomimic's ``CropRandomizer``: it cuts the (N, H, W, 3) images
+the normalizer hands over with one gather before the permute to channels-first (robomimic's needs
+CHW input and adds a crop dimension for its multi-crop averaging, which is not used here). Random
+crop offsets are drawn per image in training mode; in eval mode the crop is centred.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import torch
+from robomimic.models.base_nets import ResNet18Conv, SpatialSoftmax
+from torch import Tensor, nn
+
+from policy.mish import Mish
+
+OBS_TYPES = ("rgb", "low_dim")
+BACKBONES = ("resnet18", "small")
+
+
+def replace_batchnorm_with_groupnorm(module: nn.Module, channels_per_group: int = 16) -> nn.Module:
+    """Swap every BatchNorm2d for GroupNorm(channels // channels_per_group), in place; returns module."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            groups = max(1, child.num_features // channels_per_group)
+            setattr(module, name, nn.GroupNorm(groups, child.num_features))
+        else:
+            replace_batchnorm_with_groupnorm(child, channels_per_group)
+    return module
+
+
+class SmallConvTrunk(nn.Module):
+    """Three 3x3 stride-2 conv layers with GroupNorm and Mish: a CPU-sized image trunk."""
+
+    def __init__(self, channels: Sequence[int] = (32, 64, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for cout in channels:
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(max(1, cout // 16), cout), Mish()]
+            cin = cout
+        self.nets = nn.Sequential(*layers)
+        self.out_channels = cin
+
+    def output_shape(self, input_shape: Sequence[int]) -> list[int]:
+        """(C, H, W) of the feature map for an input of shape (3, H, W)."""
+        _, h, w = input_shape
+        for _ in range(len(self.nets) // 3):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return [self.out_channels, h, w]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, C, H', W')."""
+        return self.nets(x)
+
+
+class ImageEncoder(nn.Module):
+    """Trunk -> SpatialSoftmax keypoints -> Linear: (N, 3, H, W) float images -> (N, feature_dim)."""
+
+    def __init__(self, image_hw: tuple[int, int], backbone: str, feature_dim: int, num_keypoints: int) -> None:
+        super().__init__()
+        if backbone == "resnet18":
+            with warnings.catch_warnings():  # robomimic passes torchvision's deprecated `pretrained=False`
+                warnings.simplefilter("ignore", UserWarning)
+                trunk = ResNet18Conv(input_channel=3, pretrained=False)
+            self.trunk = replace_batchnorm_with_groupnorm(trunk)
+        elif backbone == "small":
+            self.trunk = SmallConvTrunk()
+        else:
+            raise ValueError(f"unknown image backbone {backbone!r}; use one of {BACKBONES}")
+        feature_shape = self.trunk.output_shape([3, *image_hw])
+        self.keypoints = SpatialSoftmax(feature_shape, num_kp=num_keypoints)
+        self.project = nn.Linear(num_keypoints * 2, feature_dim)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, feature_dim)."""
+        return self.project(self.keypoints(self.trunk(images)).flatten(1))
+
+
+def crop_images(images: Tensor, crop_hw: tuple[int, int], random: bool) -> Tensor:
+    """Crop (N, H, W, C) images to (N, h, w, C): per-image random offsets, or the centre."""
+    n, height, width, _ = images.shape
+    ch, cw = crop_hw
+    if (ch, cw) == (height, width):
+        return images
+    if not random:
+        top, left = (height - ch) // 2, (width - cw) // 2
+        return images[:, top : top + ch, left : left + cw]
+    top = torch.randint(0, height - ch + 1, (n, 1, 1), device=images.device)
+    left = torch.randint(0, width - cw + 1, (n, 1, 1), device=images.device)
+    rows = top + torch.arange(ch, device=images.device)[None, :, None]  # (N, h, 1)
+    cols = left + torch.arange(cw, device=images.device)[None, None, :]  # (N, 1, w)
+    return images[torch.arange(n, device=images.device)[:, None, None], rows, cols]  # (N, h, w, C)
+
+
+class ObsEncoder(nn.Module):
+    """Encode normalized observations {key: (B, To, ...)} into features (B, To, output_dim).
+
+    ``shape_meta`` maps each observation key to ``{"shape": [...], "type": "rgb" | "low_dim"}``;
+    rgb shapes are (H, W, 3) as stored, low-dim shapes are (D,).
+    """
+
+    def __init__(
+        self,
+        shape_meta: Mapping[str, Mapping],
+        backbone: str = "resnet18",
+        crop_shape: Sequence[int] | None = (76, 76),
+        share_rgb_model: bool = False,
+        feature_dim: int = 64,
+        num_keypoints: int = 32,
+    ) -> None:
+        super().__init__()
+        self.rgb_keys: list[str] = []
+        self.low_dim_keys: list[str] = []
+        image_shapes: dict[str, tuple[int, int]] = {}
+        low_dim = 0
+        for key, meta in shape_meta.items():
+            kind, shape = meta.get("type"), tuple(meta.get("shape", ()))
+            if kind == "rgb":
+                if len(shape) != 3 or shape[2] != 3:
+                    raise ValueError(f"obs key {key!r}: rgb shape must be (H, W, 3), got {shape}; fix shape_meta")
+                self.rgb_keys.append(key)
+                image_shapes[key] = shape[:2]
+            elif kind == "low_dim":
+                if len(shape) != 1:
+                    raise ValueError(f"obs key {key!r}: low_dim shape must be (D,), got {shape}; fix shape_meta")
+                self.low_dim_keys.append(key)
+                low_dim += shape[0]
+            else:
+                raise ValueError(f"obs key {key!r}: type {kind!r} is unknown; use one of {OBS_TYPES}")
+        if not self.rgb_keys and not self.low_dim_keys:
+            raise ValueError("ObsEncoder needs at least one observation key in shape_meta")
+
+        self.crop_hw: dict[str, tuple[int, int]] = {}
+        for key, hw in image_shapes.items():
+            crop = hw if crop_shape is None else (int(crop_shape[0]), int(crop_shape[1]))
+            if crop[0] > hw[0] or crop[1] > hw[1]:
+                raise ValueError(
+                    f"crop_shape {crop} is larger than image key {key!r} {hw}; set encoder.crop_shape "
+                    "smaller or null"
+                )
+            self.crop_hw[key] = crop
+        self.share_rgb_model = share_rgb_model
+        if share_rgb_model and len(set(self.crop_hw.values())) > 1:
+            raise ValueError(f"share_rgb_model needs one crop size for all cameras, got {self.crop_hw}")
+        self.image_encoders = nn.ModuleDict()
+        for key in self.rgb_keys[:1] if share_rgb_model else self.rgb_keys:
+            self.image_encoders[key] = ImageEncoder(self.crop_hw[key], backbone, feature_dim, num_keypoints)
+        self.output_dim = feature_dim * len(self.rgb_keys) + low_dim
+
+    def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
+        """Normalized obs {rgb: (B, To, H, W, 3) float, low_dim: (B, To, D)} -> (B, To, output_dim)."""
+        first = obs[(self.rgb_keys or self.low_dim_keys)[0]]
+        batch, steps = first.shape[:2]
+        features: list[Tensor] = []
+        if self.rgb_keys:
+            crops = [
+                crop_images(obs[key].flatten(0, 1), self.crop_hw[key], self.training).permute(0, 3, 1, 2)
+                for key in self.rgb_keys
+            ]  # each (B * To, 3, h, w), channels-last in memory
+            if self.share_rgb_model:
+                encoded = self.image_encoders[self.rgb_keys[0]](torch.cat(crops)).chunk(len(crops))
+            else:
+                encoded = [self.image_encoders[key](img) for key, img in zip(self.rgb_keys, crops)]
+            features += [f.view(batch, steps, -1) for f in encoded]
+        features += [obs[key] for key in self.low_dim_keys]
+        return torch.cat(features, dim=-1) if len(features) > 1 else features[0]
