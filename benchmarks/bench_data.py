@@ -19,7 +19,6 @@ Prints a table (median samples/s over repeats and the ratio to ours) and writes
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -31,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from data.dataset import SequenceDataset, make_dataloader
 from data.replay_buffer import ReplayBuffer
+from results_io import RESULTS_DIR, write_json
 
 HORIZON, N_OBS, N_ACT, BATCH = 16, 2, 8, 64
 
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=150, help="steps per episode")
     parser.add_argument("--batches", type=int, default=30, help="batches per timed repeat")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_data.json"), help="JSON output")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "bench_data.json"), help="JSON output")
     args = parser.parse_args()
     torch.set_num_threads(2)
 
@@ -149,15 +149,10 @@ def main() -> None:
     print(f"|{'-' * 24}|{'-' * 12}|{'-' * 18}|")
     for name, rate in results.items():
         print(f"| {name:<22} | {rate:>10.0f} | {base / rate:>15.1f}x |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     record = {"episodes": args.episodes, "length": args.length, "batch": BATCH, "horizon": HORIZON,
               "n_obs_steps": N_OBS, "store_mb": size_mb, "write_s": t_write, "load_s": t_load,
               "samples_per_s": results, "ratio_ours_w0_over": {k: base / v for k, v in results.items()}}
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(record, indent=2))
-    tmp_out.replace(out)
-    print(f"\nwrote {out}")
+    print(f"\nwrote {write_json(args.out, record)}")
 
 
 if __name__ == "__main__":

@@ -13,17 +13,16 @@ Prints a table and writes ``benchmarks/results/bench_envs.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import envs  # first: picks MUJOCO_GL before mujoco is imported
 
 import gymnasium  # noqa: E402
 import mujoco  # noqa: E402
+from results_io import RESULTS_DIR, write_json  # noqa: E402
 
 
 def steps_per_second(env_id: str, include_image: bool, steps: int, image_size: int) -> float:
@@ -62,7 +61,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="timed env steps per repeat")
     parser.add_argument("--repeats", type=int, default=5, help="repeats; the median is reported")
     parser.add_argument("--image-size", type=int, default=96, help="camera image side (px)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_envs.json"), help="JSON output")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "bench_envs.json"), help="JSON output")
     args = parser.parse_args()
 
     results: dict[str, dict[str, float]] = {}
@@ -87,12 +86,7 @@ def main() -> None:
         "machine": platform.machine(),
         "median_steps_per_s": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, record)}")
 
 
 if __name__ == "__main__":

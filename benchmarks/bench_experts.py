@@ -11,18 +11,16 @@ Prints a table and writes ``benchmarks/results/bench_experts.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from results_io import RESULTS_DIR, write_json
 
 import envs
 from data.collect import EpisodeRunner
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_experts.json"
+DEFAULT_OUT = RESULTS_DIR / "bench_experts.json"
 
 
 def evaluate_expert(env_id: str, n_episodes: int, noise_std: float | None) -> dict:
@@ -56,16 +54,6 @@ def evaluate_expert(env_id: str, n_episodes: int, noise_std: float | None) -> di
     }
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON to a temp file next to path, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
-
-
 def main() -> None:
     """Evaluate the requested experts, print a table and write the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -91,7 +79,7 @@ def main() -> None:
             f"| {row['env_id']} | {row['episodes']} | {row['success_rate']:.0%} | {modes} | "
             f"{'-' if steps is None else f'{steps:.1f}'} / {row['max_episode_steps']} | {row['steps_per_second']:.0f} |"
         )
-    write_json_atomic(args.out, {"noise_std": args.noise_std, "results": rows})
+    write_json(args.out, {"noise_std": args.noise_std, "results": rows})
     print(f"wrote {args.out}")
 
 

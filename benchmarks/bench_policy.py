@@ -16,26 +16,22 @@ benchmarks/results/bench_policy.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from results_io import RESULTS_DIR, write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.normalizer import Normalizer  # noqa: E402
-from policy.chunk_policy import ChunkPolicy  # noqa: E402
-from policy.ema import EMA  # noqa: E402
-from policy.objectives import DDPM, FlowMatching  # noqa: E402
-from policy.obs_encoder import ObsEncoder  # noqa: E402
-from policy.samplers import DDIMSampler, DDPMSampler, EulerSampler  # noqa: E402
-from policy.unet import ConditionalUnet1D  # noqa: E402
+from data.normalizer import Normalizer
+from policy.chunk_policy import ChunkPolicy
+from policy.ema import EMA
+from policy.objectives import DDPM, FlowMatching
+from policy.obs_encoder import ObsEncoder
+from policy.samplers import DDIMSampler, DDPMSampler, EulerSampler
+from policy.unet import ConditionalUnet1D
 
 HORIZON, N_OBS, N_ACT, ACTION_DIM = 16, 2, 8, 2
 LOW_DIM_META = {"state": {"shape": [20], "type": "low_dim"}}
@@ -179,15 +175,6 @@ def train_step_ms(down_dims: tuple[int, ...], meta: dict, batch: int, device: to
     return median_ms(step, budget, min_reps=3, warmup=3)  # the first steps allocate and build oneDNN kernels
 
 
-def write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     """Parse arguments, run the selected configs, print the table and write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -198,7 +185,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the denoiser")
     parser.add_argument("--bf16", action="store_true", help="also time a bf16 denoiser and bf16-autocast training")
     parser.add_argument("--full", action="store_true", help="include the image train step at batch 256 for unet256")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "bench_policy.json")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_policy.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

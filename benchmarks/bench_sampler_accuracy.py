@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
-import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
+from results_io import RESULTS_DIR, write_json
 
 from policy.gaussian_mixture import GaussianMixture, stratified_normal
 from policy.objectives import DDPM, FlowMatching
@@ -34,7 +32,7 @@ STEPS = (1, 2, 4, 8, 16, 20, 50, 100)
 MIXTURE = GaussianMixture(weights=(0.3, 0.7), means=(-2.0, 1.5), stds=(0.3, 0.6))
 DDPM_OBJECTIVE = DDPM(num_train_steps=100, beta_schedule="squaredcos_cap_v2", prediction="epsilon", clip_sample=False)
 FLOW_OBJECTIVE = FlowMatching(time_scale=100.0)
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sampler_accuracy.json"
+DEFAULT_OUT = RESULTS_DIR / "sampler_accuracy.json"
 
 
 def run(n_samples: int, seed: int) -> list[dict]:
@@ -70,15 +68,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON to a temp file in the target directory, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(payload, f, indent=2, allow_nan=False)
-        tmp = f.name
-    os.replace(tmp, path)
-
-
 def main() -> None:
     """Parse arguments, run, print the table, write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,7 +95,7 @@ def main() -> None:
         "note": "null error = a mode received fewer than 2 samples (e.g. 1-step deterministic samplers collapse to one point)",
         "rows": json_rows,
     }
-    write_json_atomic(args.out, payload)
+    write_json(args.out, payload)
     print(f"\nwrote {args.out}")
 
 

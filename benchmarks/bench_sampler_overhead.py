@@ -11,23 +11,21 @@ Prints a table and writes JSON (default benchmarks/results/sampler_overhead.json
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from results_io import RESULTS_DIR, write_json
 
 from policy.objectives import DDPM, FlowMatching
 from policy.samplers import make_sampler
 
 SHAPE = (64, 16, 10)  # (B, T, Da)
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sampler_overhead.json"
+DEFAULT_OUT = RESULTS_DIR / "sampler_overhead.json"
 DIFFUSERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpmsolver": DPMSolverMultistepScheduler}
 CASES = (("ddpm", 100), ("ddpm", 10), ("ddim", 10), ("dpmsolver", 10), ("euler", 10), ("midpoint", 5), ("heun", 5))
 
@@ -85,15 +83,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON to a temp file in the target directory, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(payload, f, indent=2)
-        tmp = f.name
-    os.replace(tmp, path)
-
-
 def main() -> None:
     """Parse arguments, run, print the table, write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -113,7 +102,7 @@ def main() -> None:
         "platform": platform.platform(),
         "rows": rows,
     }
-    write_json_atomic(args.out, payload)
+    write_json(args.out, payload)
     print(f"\nwrote {args.out}")
 
 

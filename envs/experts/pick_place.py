@@ -9,8 +9,11 @@ Mode (drawn per episode): which bin, left or right.
 
 from __future__ import annotations
 
-import gymnasium
+from typing import Any
+
 import numpy as np
+
+from envs.experts.base import ScriptedExpert
 
 HOVER = 0.08  # height (m) above the cube centre for the pre-grasp hover
 CARRY_Z = 0.13  # grasp-point height (m) while carrying
@@ -22,25 +25,18 @@ CLOSE_STEPS = 4  # control steps spent closing (or opening) the fingers
 OPEN, CLOSED = -1.0, 1.0  # gripper commands
 
 
-class PickPlaceExpert:
+class PickPlaceExpert(ScriptedExpert):
     """Stage-machine demonstrator for PickPlace; the mode is the bin (left or right)."""
 
     mode_names = ("left_bin", "right_bin")
 
     def __init__(self, noise_std: float = 0.003) -> None:
-        if noise_std < 0:
-            raise ValueError(f"noise_std={noise_std} must be >= 0")
-        self.noise_std = noise_std
-        self.mode = 0
-        self._rng = np.random.default_rng(0)
+        super().__init__(noise_std)
         self._stage = "hover"
         self._timer = 0
 
-    def reset(self, env: gymnasium.Env, rng: np.random.Generator) -> None:
-        """Draw the bin uniformly and read the bin geometry and action bounds from the env."""
-        task = env.unwrapped
-        self._rng = rng
-        self.mode = int(rng.integers(len(self.mode_names)))
+    def _plan_episode(self, task: Any) -> None:
+        """Read the chosen bin's geometry and the action bounds from the task."""
         self.bin_center = np.asarray(task.bin_centers[self.mode], dtype=np.float64)
         self.bin_inner_half = float(task.bin_inner_half)
         self.low = np.asarray(task.action_space.low, dtype=np.float64)
@@ -55,7 +51,7 @@ class PickPlaceExpert:
         target, gripper = self._plan(grasp, cube)
         step = target - grasp
         step *= min(1.0, MAX_STEP / max(float(np.linalg.norm(step)), 1e-9))
-        action = np.array([*(grasp + step), gripper]) + self._rng.normal(0.0, self.noise_std, 4)
+        action = np.array([*(grasp + step), gripper]) + self._noise(4)
         return np.clip(action, self.low, self.high).astype(np.float32)
 
     def _plan(self, grasp: np.ndarray, cube: np.ndarray) -> tuple[np.ndarray, float]:

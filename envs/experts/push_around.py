@@ -10,8 +10,11 @@ recoveries.
 
 from __future__ import annotations
 
-import gymnasium
+from typing import Any
+
 import numpy as np
+
+from envs.experts.base import ScriptedExpert
 
 CONTACT_MARGIN = 0.003  # pusher-to-block-face gap (m) at the start of a push
 STANDOFF = 0.01  # extra distance (m) behind the block where the pusher lines up before pushing
@@ -31,26 +34,19 @@ def _rotate(v: np.ndarray, angle: float) -> np.ndarray:
     return np.array([c * v[0] - s * v[1], s * v[0] + c * v[1]])
 
 
-class PushAroundExpert:
+class PushAroundExpert(ScriptedExpert):
     """Closed-loop PushAround demonstrator that detours left or right of the wall."""
 
     mode_names = ("left", "right")
 
     def __init__(self, noise_std: float = 0.003) -> None:
-        if noise_std < 0:
-            raise ValueError(f"noise_std={noise_std} must be >= 0")
-        self.noise_std = noise_std
-        self.mode = 0
-        self._rng = np.random.default_rng(0)
+        super().__init__(noise_std)
         self._waypoints = np.zeros((0, 2))
         self._next = 0
         self._contact_radius = 0.0
 
-    def reset(self, env: gymnasium.Env, rng: np.random.Generator) -> None:
-        """Draw the side uniformly and lay out the block waypoints for it."""
-        task = env.unwrapped
-        self._rng = rng
-        self.mode = int(rng.integers(len(self.mode_names)))
+    def _plan_episode(self, task: Any) -> None:
+        """Lay out the block waypoints around the chosen side of the wall."""
         self._contact_radius = task.block_half + task.pusher_radius + CONTACT_MARGIN  # centre-to-centre (m)
         side = -1.0 if self.mode_names[self.mode] == "left" else 1.0
         wall_low = task.wall_center[1] - task.wall_half[1]
@@ -73,7 +69,7 @@ class PushAroundExpert:
             self._next += 1
         target = self._waypoints[self._next]
         command = self._push_towards(pusher, block, target)
-        return command + self._rng.normal(0.0, self.noise_std, 2) if self.noise_std > 0 else command
+        return command + self._noise(2)
 
     def _push_towards(self, pusher: np.ndarray, block: np.ndarray, target: np.ndarray) -> np.ndarray:
         """One control step of pushing the block centre towards target."""

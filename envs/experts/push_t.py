@@ -15,9 +15,11 @@ mostly brings the block to the goal before turning it, so demonstrations contain
 
 from __future__ import annotations
 
-import gymnasium
+from typing import Any
+
 import numpy as np
 
+from envs.experts.base import ScriptedExpert
 from envs.geometry import T_BAR_CENTER, T_BAR_SIZE, T_STEM_CENTER, T_STEM_SIZE, t_coverage, t_distance
 
 TWIST_LENGTH = 0.05  # length (m) that converts a yaw error into a comparable displacement
@@ -73,22 +75,17 @@ def _wrap(angle: float) -> float:
     return (angle + np.pi) % (2 * np.pi) - np.pi
 
 
-class PushTExpert:
+class PushTExpert(ScriptedExpert):
     """Closed-loop PushT demonstrator choosing contacts by a limit-surface pushing model."""
 
     mode_names = ("rotate_first", "translate_first")
 
     def __init__(self, noise_std: float = 0.003) -> None:
-        if noise_std < 0:
-            raise ValueError(f"noise_std={noise_std} must be >= 0")
-        self.noise_std = noise_std
-        self.mode = 0
-        self._rng = np.random.default_rng(0)
+        super().__init__(noise_std)
         self._holding = False
 
-    def reset(self, env: gymnasium.Env, rng: np.random.Generator) -> None:
-        """Draw the mode uniformly and read the goal pose, pusher radius, workspace and friction from the env."""
-        task = env.unwrapped
+    def _plan_episode(self, task: Any) -> None:
+        """Read the goal pose, pusher radius, workspace and friction from the task; precompute contact twists."""
         self.goal = np.asarray(task.goal_pose, dtype=np.float64)
         self.radius = float(task.pusher_radius)
         self.workspace = float(task.workspace)
@@ -98,8 +95,6 @@ class PushTExpert:
         rotation = TWIST_LENGTH * torque[:, None] / task.friction_radius**2  # (K, 1) limit-surface model
         twist = np.concatenate([-self._normals, rotation], axis=1)
         self._twists = twist / np.linalg.norm(twist, axis=1, keepdims=True)  # (K, 3) predicted unit twists
-        self._rng = rng
-        self.mode = int(rng.integers(len(self.mode_names)))
         self._holding = False
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -108,7 +103,7 @@ class PushTExpert:
         pusher = state[0:2]
         pose = np.array([state[2], state[3], np.arctan2(state[5], state[4])])
         target = self._plan(pusher, pose)
-        target = target + self._rng.normal(0.0, self.noise_std, 2)
+        target = target + self._noise(2)
         return np.clip(target, -self.workspace, self.workspace).astype(np.float32)
 
     def _plan(self, pusher: np.ndarray, pose: np.ndarray) -> np.ndarray:
