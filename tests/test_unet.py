@@ -105,3 +105,12 @@ def test_bad_shapes_raise_value_error():
         _unet(horizon=10)
     with pytest.raises(ValueError, match="n_groups"):
         _unet(down_dims=(12, 32))
+
+
+def test_conv_weight_is_stored_channels_last_and_loads_plain_state_dicts():
+    torch.manual_seed(0)
+    conv = Conv1d(6, 8, 5, padding=2)
+    assert conv.weight.shape == (8, 6, 5) and conv.weight.transpose(1, 2).is_contiguous()
+    plain = {k: v.contiguous() + 1 for k, v in conv.state_dict().items()}
+    conv.load_state_dict(plain)
+    assert conv.weight.transpose(1, 2).is_contiguous() and torch.equal(conv.weight, plain["weight"])
