@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from gymnasium import spaces
 
-from envs.mujoco_env import MujocoTaskEnv
+from envs.planar_push import PlanarPushEnv
 
 WORKSPACE = 0.25  # half-width (m) of the square the pusher may be commanded to
 BLOCK_HALF = 0.025  # block half-size (m)
@@ -64,20 +63,17 @@ _XML = f"""
 """
 
 
-class PushAroundEnv(MujocoTaskEnv):
+class PushAroundEnv(PlanarPushEnv):
     """Push the block into the goal behind the wall; going around the left or the right end are equally good."""
 
     def __init__(self, *, image_size: int = 96, render_size: int = 256, **kwargs: Any) -> None:
-        self.action_space = spaces.Box(-WORKSPACE, WORKSPACE, (2,), np.float32)
         self.block_half = BLOCK_HALF
         self.pusher_radius = PUSHER_RADIUS
         self.wall_center = WALL_CENTER.copy()
         self.wall_half = WALL_HALF.copy()
         self.goal_center = GOAL_CENTER.copy()
         self.goal_radius = GOAL_RADIUS
-        super().__init__(
-            _XML, image_size=image_size, render_size=render_size, obs_camera="top", frame_skip=10, **kwargs
-        )
+        super().__init__(_XML, workspace=WORKSPACE, image_size=image_size, render_size=render_size, **kwargs)
 
     def _reset_task(self, rng: np.random.Generator) -> None:
         """Block in front of the wall (random x, y, yaw); pusher somewhere along the near edge."""
@@ -88,18 +84,6 @@ class PushAroundEnv(MujocoTaskEnv):
         qpos[3] = rng.uniform(-0.2, 0.2)
         qpos[4] = rng.uniform(-0.23, -0.2)
         self.data.ctrl[:] = qpos[3:5]
-
-    def _apply_action(self, action: np.ndarray) -> None:
-        """The action is the pusher's absolute (x, y) position target."""
-        self.data.ctrl[:] = action
-
-    def _low_dim_obs(self) -> dict[str, np.ndarray]:
-        """agent_pos: pusher (x, y); state: pusher (x, y), block (x, y), block (cos yaw, sin yaw)."""
-        qpos = self.data.qpos
-        pusher = qpos[3:5]
-        yaw = qpos[2]
-        state = np.array([pusher[0], pusher[1], qpos[0], qpos[1], np.cos(yaw), np.sin(yaw)], np.float32)
-        return {"agent_pos": pusher.astype(np.float32), "state": state}
 
     def _evaluate(self) -> tuple[float, bool]:
         """Dense reward 1 - distance/REWARD_SCALE (clipped at 0), 1 on success (block center within the goal)."""

@@ -13,10 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from gymnasium import spaces
 
 from envs.geometry import T_AREA, T_BAR_CENTER, T_BAR_SIZE, T_STEM_CENTER, T_STEM_SIZE, t_coverage, t_distance
-from envs.mujoco_env import MujocoTaskEnv
+from envs.planar_push import PlanarPushEnv
 
 WORKSPACE = 0.25  # half-width (m) of the square the pusher may be commanded to
 PUSHER_RADIUS = 0.015  # pusher sphere radius (m)
@@ -84,19 +83,15 @@ _XML = f"""
 """
 
 
-class PushTEnv(MujocoTaskEnv):
+class PushTEnv(PlanarPushEnv):
     """Push the T block onto the fixed goal T; reward is the exact goal coverage, success at >= 0.95."""
 
     def __init__(self, *, image_size: int = 96, render_size: int = 256, **kwargs: Any) -> None:
-        self.action_space = spaces.Box(-WORKSPACE, WORKSPACE, (2,), np.float32)
-        self.workspace = WORKSPACE
         self.pusher_radius = PUSHER_RADIUS
         self.goal_pose = GOAL_POSE.copy()
         self.success_coverage = SUCCESS_COVERAGE
         self.friction_radius = FRICTION_RADIUS
-        super().__init__(
-            _XML, image_size=image_size, render_size=render_size, obs_camera="top", frame_skip=10, **kwargs
-        )
+        super().__init__(_XML, workspace=WORKSPACE, image_size=image_size, render_size=render_size, **kwargs)
 
     @property
     def block_pose(self) -> np.ndarray:
@@ -118,18 +113,6 @@ class PushTEnv(MujocoTaskEnv):
         qpos[0:3] = pose
         qpos[3:5] = pusher
         self.data.ctrl[:] = pusher
-
-    def _apply_action(self, action: np.ndarray) -> None:
-        """The action is the pusher's absolute (x, y) position target."""
-        self.data.ctrl[:] = action
-
-    def _low_dim_obs(self) -> dict[str, np.ndarray]:
-        """agent_pos: pusher (x, y); state: pusher (x, y), T centre (x, y), T (cos yaw, sin yaw)."""
-        qpos = self.data.qpos
-        pusher = qpos[3:5]
-        yaw = qpos[2]
-        state = np.array([pusher[0], pusher[1], qpos[0], qpos[1], np.cos(yaw), np.sin(yaw)], np.float32)
-        return {"agent_pos": pusher.astype(np.float32), "state": state}
 
     def _evaluate(self) -> tuple[float, bool]:
         """Reward = coverage of the goal T in [0, 1]; success when coverage >= SUCCESS_COVERAGE."""
