@@ -33,8 +33,10 @@ class EpisodeRunner:
     """One env and one expert that run seeded demonstration episodes."""
 
     def __init__(self, env_id: str, env_kwargs: Mapping[str, Any], max_episode_steps: int, noise_std: float | None) -> None:
-        if env_id not in envs.TASKS:
-            raise ValueError(f"unknown task env_id {env_id!r}; choose one of {sorted(envs.TASKS)}")
+        if env_id not in envs.TASKS and env_id not in envs.METAWORLD_TASKS:
+            raise ValueError(
+                f"unknown task env_id {env_id!r}; choose one of {sorted(envs.TASKS)} or actchunk/MetaWorld-<v3 task name>"
+            )
         self.env = gymnasium.make(
             env_id, max_episode_steps=max_episode_steps, disable_env_checker=True, **dict(env_kwargs)
         )
@@ -64,6 +66,7 @@ class EpisodeRunner:
         self.env.close()
 
 
+RENDER_ONLY_KWARGS = ("render_size", "render_mode")  # env kwargs that change videos, not observations
 _worker_runner: EpisodeRunner | None = None
 
 
@@ -85,7 +88,7 @@ def _open_store(out: Path, attrs: dict[str, Any]) -> ReplayBuffer:
     if not out.exists():
         return ReplayBuffer.create(out, attrs=attrs)
     buffer = ReplayBuffer.open(out, mode="a")
-    for key in ("task", "fps", "obs_keys"):
+    for key in ("task", "fps", "obs_keys", "env_kwargs"):
         if key in buffer.attrs and buffer.attrs[key] != attrs[key]:
             raise ValueError(
                 f"{out} holds {key}={buffer.attrs[key]!r}, this run has {attrs[key]!r}; choose another `out`"
@@ -93,6 +96,11 @@ def _open_store(out: Path, attrs: dict[str, Any]) -> ReplayBuffer:
     if buffer.n_episodes and "seed" not in buffer.meta_keys():
         raise ValueError(f"{out} has episodes without meta/seed (not written by data.collect); choose another `out`")
     return buffer
+
+
+def observation_env_kwargs(env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The env kwargs that shape the stored observations (all but the video-only render settings)."""
+    return {k: v for k, v in sorted(env_kwargs.items()) if k not in RENDER_ONLY_KWARGS}
 
 
 def _candidate_seeds(base_seed: int, taken: set[int]) -> Iterator[int]:
@@ -134,6 +142,7 @@ def collect(
         "fps": task_cfg["fps"],
         "obs_keys": sorted(runner.env.observation_space.spaces),
         "mode_names": mode_names,
+        "env_kwargs": observation_env_kwargs(task_cfg["env_kwargs"]),
     }
     pool = None
     try:

@@ -10,12 +10,12 @@ pinned memory on CUDA).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.normalizer import Normalizer
 from data.replay_buffer import ReplayBuffer
@@ -113,6 +113,58 @@ def make_dataloader(
         collate_fn=_identity,
         generator=generator,
         drop_last=drop_last and len(dataset) >= batch_size,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=num_workers > 0,
+    )
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Endless shuffled batches whose order is a pure function of (seed, batch number).
+
+    Epoch e is ``randperm(n)`` from a generator seeded with (seed, e), cut into full batches, so a
+    run resumed at batch k sees exactly the batches an uninterrupted run would, without storing any
+    generator state.
+    """
+
+    def __init__(self, n_samples: int, batch_size: int, *, seed: int = 0, start_batch: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if n_samples < batch_size:
+            raise ValueError(
+                f"the dataset has {n_samples} windows, fewer than batch_size={batch_size}; "
+                "collect more episodes or lower the batch size"
+            )
+        self.n_samples = n_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start_batch = start_batch
+        self.batches_per_epoch = n_samples // batch_size
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The sample permutation of ``epoch``."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n_samples, generator=generator)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, index = divmod(self.start_batch, self.batches_per_epoch)
+        while True:
+            order = self.epoch_order(epoch)
+            for b in range(index, self.batches_per_epoch):
+                yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+            epoch, index = epoch + 1, 0
+
+
+def make_train_loader(
+    dataset: SequenceDataset, *, batch_size: int, seed: int = 0, start_batch: int = 0, num_workers: int = 0,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """An endless loader over ``ResumableBatchSampler`` batches starting at batch number ``start_batch``."""
+    return DataLoader(
+        dataset,
+        batch_sampler=ResumableBatchSampler(len(dataset), batch_size, seed=seed, start_batch=start_batch),
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),  # worker seeds; keeps the global RNG stream untouched
+        collate_fn=_identity,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
     )

@@ -3,11 +3,19 @@
 MuJoCo reads ``MUJOCO_GL`` once, at import time, and an unusable choice (OSMesa without libOSMesa)
 breaks the import itself, so the choice is made here from the libraries actually present:
 the user's setting wins, then EGL (headless, GPU-accelerated when a driver is there), then OSMesa.
+
+Mesa's software renderer (llvmpipe, behind both EGL and OSMesa on machines without a GPU) loads its
+own LLVM when the first GL context is made. triton (installed with torch, and imported lazily by
+torchvision and torch.compile) bundles another LLVM, and importing it *after* a GL context exists
+crashes the process with a segmentation fault. Importing it first is safe, so
+``preload_triton`` does that (0.2 s) before any context can exist.
 """
 
 from __future__ import annotations
 
 import ctypes.util
+import importlib
+import importlib.util
 import os
 
 _BACKEND_LIBRARIES = (("egl", "EGL"), ("osmesa", "OSMesa"))
@@ -19,3 +27,11 @@ def select_gl_backend() -> str:
         available = [name for name, lib in _BACKEND_LIBRARIES if ctypes.util.find_library(lib)]
         os.environ["MUJOCO_GL"] = available[0] if available else "egl"
     return os.environ["MUJOCO_GL"]
+
+
+def preload_triton() -> bool:
+    """Import triton, if installed, before any GL context exists (see the module docstring); True if loaded."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    importlib.import_module("triton")
+    return True

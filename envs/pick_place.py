@@ -61,6 +61,7 @@ _XML = f"""
   <worldbody>
     <light pos="0 -0.3 1" dir="0 0.3 -1" directional="true" diffuse="0.4 0.4 0.4" specular="0 0 0"/>
     <camera name="front" pos="0 -0.48 0.42" xyaxes="1 0 0 0 0.6 0.8" fovy="60"/>
+    <camera name="top" pos="0 0 0.62" xyaxes="1 0 0 0 1 0" fovy="52"/>
     <geom name="table" type="plane" size="3 3 0.5" rgba="0.7 0.7 0.66 1"/>
     {_bin_walls(0, BIN_CENTERS[0])}
     {_bin_walls(1, BIN_CENTERS[1])}
@@ -99,7 +100,7 @@ _XML = f"""
 class PickPlaceEnv(MujocoTaskEnv):
     """Pick the cube and place it in either bin; sparse reward 1.0 once it rests inside one."""
 
-    def __init__(self, *, image_size: int = 96, render_size: int = 256, **kwargs: Any) -> None:
+    def __init__(self, *, image_size: int = 96, render_size: int = 256, camera: str = "front", **kwargs: Any) -> None:
         self.action_space = spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32)
         self.cube_half = CUBE_HALF
         self.bin_centers = BIN_CENTERS.copy()
@@ -109,7 +110,8 @@ class PickPlaceEnv(MujocoTaskEnv):
             _XML,
             image_size=image_size,
             render_size=render_size,
-            obs_camera="front",
+            obs_camera=camera,
+            render_camera="front",
             frame_skip=20,
             **kwargs,
         )

@@ -23,8 +23,8 @@ def record_expert_video(env_id: str, out: str | Path, *, episodes: int = 2, seed
     """Roll out the expert for `episodes` seeded episodes, write the frames to `out` (mp4), return per-episode stats."""
     if episodes < 1:
         raise ValueError(f"episodes={episodes} must be >= 1")
-    if env_id not in envs.TASKS:
-        raise ValueError(f"unknown env id {env_id!r}; choose one of {sorted(envs.TASKS)}")
+    if env_id not in envs.TASKS and env_id not in envs.METAWORLD_TASKS:
+        raise ValueError(f"unknown env id {env_id!r}; choose one of {sorted(envs.TASKS)} or actchunk/MetaWorld-<task>")
     env = gymnasium.make(env_id, render_size=render_size, include_image=False, disable_env_checker=True)
     expert = make_expert(env_id)
     out = Path(out)

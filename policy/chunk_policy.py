@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -110,6 +111,15 @@ class ChunkPolicy(nn.Module):
         self.denoiser_dtype = denoiser_dtype
         self._cast_cache: dict[str, tuple[tuple, nn.Module]] = {}  # plain dict: not a submodule, not in state_dict
         self.normalizer = Normalizer()
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, *, use_ema: bool = True, map_location: str | torch.device = "cpu"
+    ) -> ChunkPolicy:
+        """Load a policy from a checkpoint file alone (no config files needed), in eval mode."""
+        from policy.checkpoint import load_checkpoint, policy_from_checkpoint  # checkpoint -> factory -> this module
+
+        return policy_from_checkpoint(load_checkpoint(path, map_location), use_ema=use_ema, path=path)
 
     @property
     def device(self) -> torch.device:

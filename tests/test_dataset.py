@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.dataset import SequenceDataset, make_dataloader
+from data.dataset import ResumableBatchSampler, SequenceDataset, make_dataloader, make_train_loader
 from data.replay_buffer import ReplayBuffer
 
 
@@ -77,3 +77,27 @@ def test_missing_key_and_empty_dataset(buffer: ReplayBuffer) -> None:
     long = SequenceDataset(buffer, horizon=64, n_obs_steps=1, n_action_steps=1, obs_keys=["agent_pos"])
     with pytest.raises(ValueError, match="no windows"):
         make_dataloader(long, batch_size=4)
+
+
+def test_resumable_batches_continue_the_uninterrupted_order() -> None:
+    full = ResumableBatchSampler(10, 3, seed=5)
+    stream = [b for b, _ in zip(full, range(9))]  # 3 batches per epoch: 3 epochs
+    assert all(len(b) == 3 for b in stream)
+    for epoch in range(3):  # each epoch visits distinct samples
+        seen = sum(stream[3 * epoch : 3 * epoch + 3], [])
+        assert len(set(seen)) == 9
+    assert stream[:3] != stream[3:6]  # epochs are reshuffled
+    resumed = ResumableBatchSampler(10, 3, seed=5, start_batch=4)
+    assert [b for b, _ in zip(resumed, range(5))] == stream[4:]
+    other = ResumableBatchSampler(10, 3, seed=6)
+    assert [b for b, _ in zip(other, range(3))] != stream[:3]
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        ResumableBatchSampler(2, 3)
+
+
+def test_train_loader_yields_whole_batches_from_a_start_batch(buffer: ReplayBuffer) -> None:
+    ds = _ds(buffer)
+    it = iter(make_train_loader(ds, batch_size=4, seed=1, start_batch=2))
+    first = next(it)
+    expected = ds.__getitems__(next(b for i, b in enumerate(ResumableBatchSampler(len(ds), 4, seed=1)) if i == 2))
+    assert all(torch.equal(first[k], expected[k]) for k in expected)

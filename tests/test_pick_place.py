@@ -115,3 +115,25 @@ def test_expert_places_cube_in_the_chosen_bin(env):
 def test_expert_rejects_negative_noise():
     with pytest.raises(ValueError, match="noise_std"):
         PickPlaceExpert(noise_std=-1.0)
+
+
+def test_top_camera_sees_the_cube_where_it_is():
+    import mujoco  # after envs chose MUJOCO_GL
+
+    red = {}
+    for side, x in (("left", -0.07), ("right", 0.07)):
+        env = PickPlaceEnv(image_size=64, camera="top")
+        try:
+            env.reset(seed=0)
+            env.data.qpos[0:2] = [x, 0.0]  # move the cube, keep it on the table
+            mujoco.mj_forward(env.model, env.data)
+            image = env._get_obs()["image"]  # (64, 64, 3) from the top camera
+            mask = (image[..., 0] > 150) & (image[..., 1] < 80) & (image[..., 2] < 80)  # the red cube
+            assert 6 <= mask.sum() <= 200, mask.sum()
+            red[side] = np.argwhere(mask)[:, 1].mean()  # mean column of red pixels
+            assert env.render().shape == (256, 256, 3)  # videos stay on the front camera
+        finally:
+            env.close()
+    assert red["left"] < 32 < red["right"], red
+    with pytest.raises(ValueError, match="camera 'side' is not in the MJCF"):
+        PickPlaceEnv(camera="side")

@@ -8,11 +8,14 @@ from typing import Protocol
 import gymnasium
 import numpy as np
 
+from envs.metaworld_tasks import METAWORLD_TASK_NAMES, metaworld_env_id
+
 # env id -> "module:Class" of its expert (imported on demand, like gymnasium entry points)
 EXPERTS: dict[str, str] = {
     "actchunk/PushT-v0": "envs.experts.push_t:PushTExpert",
     "actchunk/PushAround-v0": "envs.experts.push_around:PushAroundExpert",
     "actchunk/PickPlace-v0": "envs.experts.pick_place:PickPlaceExpert",
+    **{metaworld_env_id(name): "envs.experts.metaworld:MetaWorldExpert" for name in METAWORLD_TASK_NAMES},
 }
 
 

@@ -1,0 +1,77 @@
+"""Optimizer, learning-rate schedule, device and autocast choices for training a ChunkPolicy.
+
+AdamW uses the fused kernel where torch has one for the device (CPU and CUDA in torch >= 2.4): one
+kernel per step instead of a loop over parameters, and the same maths. The schedule is a
+``LambdaLR`` (linear warmup, then cosine decay to ``min_lr_ratio``), whose state_dict is plain
+numbers, so it round-trips through ``weights_only`` checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> CUDA when present, else CPU; any other string is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here; use device=auto or device=cpu")
+    return resolved
+
+
+def autocast_enabled(amp: str | bool, device: torch.device) -> bool:
+    """Whether to train under bf16 autocast: "auto" = on CUDA only; true/false force it."""
+    if amp == "auto":
+        return device.type == "cuda"
+    if isinstance(amp, bool):
+        return amp
+    raise ValueError(f"amp={amp!r} must be auto, true or false")
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when enabled, else a no-op context."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def make_optimizer(
+    params: Iterable[nn.Parameter],
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+    device: torch.device,
+) -> torch.optim.AdamW:
+    """AdamW with the fused kernel on CPU/CUDA."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
+    """LR multiplier: linear 0 -> 1 over ``warmup_steps``, then cosine 1 -> ``min_lr_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR following ``warmup_cosine``."""
+    if warmup_steps < 0 or total_steps < 1 or not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(
+            f"need warmup_steps >= 0, total_steps >= 1, 0 <= min_lr_ratio <= 1; "
+            f"got {warmup_steps}, {total_steps}, {min_lr_ratio}"
+        )
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio)
+    )

@@ -1,0 +1,109 @@
+"""Tests for policy/checkpoint.py and ChunkPolicy.from_checkpoint."""
+
+from pathlib import PurePosixPath
+
+import pytest
+import torch
+
+from data.normalizer import Normalizer
+from policy.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    checkpoint_config,
+    config_to_yaml,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from policy.chunk_policy import ChunkPolicy
+from policy.factory import build_policy
+
+META = {"obs": {"state": {"shape": [3], "type": "low_dim"}}, "action": {"shape": [2]}}
+BUILD = {
+    "policy": {
+        "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4,
+        "encoder": {"_target_": "policy.obs_encoder.ObsEncoder", "backbone": "small"},
+        "denoiser": {"_target_": "policy.unet.ConditionalUnet1D", "down_dims": [16, 32], "diffusion_step_embed_dim": 16},
+    },
+    "objective": {"_target_": "policy.objectives.FlowMatching"},
+    "sampler": {"_target_": "policy.samplers.EulerSampler", "num_steps": 3},
+    "shape_meta": META,
+}
+
+
+def _state(seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    policy = build_policy(BUILD["policy"], BUILD["objective"], BUILD["sampler"], META)
+    g = torch.Generator().manual_seed(seed)
+    policy.set_normalizer(Normalizer.fit({"state": torch.randn(50, 3, generator=g) * 3,
+                                          "action": torch.randn(50, 2, generator=g) + 1}, policy.normalizer_modes()))
+    ema_sd = {k: v + 1 if v.is_floating_point() else v for k, v in policy.state_dict().items()}
+    return {"step": 7, "config": config_to_yaml({"task": {"name": "t"}, "seed": 3}), "build": BUILD,
+            "model": policy.state_dict(), "ema": ema_sd, "rng": rng_state()}
+
+
+def test_round_trip_rebuilds_the_policy_from_the_file_alone(tmp_path):
+    state = _state()
+    save_checkpoint(tmp_path / "a.ckpt", state)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]  # no temp file left behind
+    ckpt = load_checkpoint(tmp_path / "a.ckpt")
+    assert ckpt["step"] == 7 and ckpt["version"] == FORMAT_VERSION
+    assert checkpoint_config(ckpt) == {"task": {"name": "t"}, "seed": 3}
+    raw = ChunkPolicy.from_checkpoint(tmp_path / "a.ckpt", use_ema=False)
+    ema = ChunkPolicy.from_checkpoint(tmp_path / "a.ckpt")
+    assert not raw.training and not ema.training
+    for key, value in state["model"].items():
+        assert torch.equal(raw.state_dict()[key], value)
+        assert torch.equal(ema.state_dict()[key], state["ema"][key])
+    obs = {"state": torch.randn(2, 2, 3)}
+    out = raw.predict_action(obs, generator=torch.Generator().manual_seed(0))
+    assert out["action"].shape == (2, 4, 2)
+
+
+def test_rng_state_restores_the_random_stream():
+    state = rng_state()
+    first = torch.rand(4)
+    set_rng_state(state)
+    assert torch.equal(torch.rand(4), first)
+
+
+def test_missing_truncated_foreign_and_unsafe_files_are_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    save_checkpoint(tmp_path / "a.ckpt", _state())
+    data = (tmp_path / "a.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path / "cut.ckpt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.ckpt")
+    with pytest.raises(CheckpointError, match="not an actchunk checkpoint"):
+        load_checkpoint(tmp_path / "foreign.ckpt")
+    save_checkpoint(tmp_path / "old.ckpt", {**_state(), "version": FORMAT_VERSION + 1})
+    with pytest.raises(CheckpointError, match="format version"):
+        load_checkpoint(tmp_path / "old.ckpt")
+    with open(tmp_path / "evil.ckpt", "wb") as f:
+        torch.save({"format": "actchunk.checkpoint", "obj": PurePosixPath("x")}, f)  # needs a class import to unpickle
+    with pytest.raises(CheckpointError, match="pickled Python objects"):
+        load_checkpoint(tmp_path / "evil.ckpt")
+
+
+def test_weights_that_do_not_fit_the_config_are_named(tmp_path):
+    state = _state()
+    wrong = {**BUILD, "policy": {**BUILD["policy"], "denoiser": {**BUILD["policy"]["denoiser"], "down_dims": [8, 16]}}}
+    save_checkpoint(tmp_path / "a.ckpt", {**state, "build": wrong})
+    with pytest.raises(CheckpointError, match="do not fit"):
+        ChunkPolicy.from_checkpoint(tmp_path / "a.ckpt")
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "a.ckpt", _state(0))
+    before = (tmp_path / "a.ckpt").read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "a.ckpt", _state(1))
+    assert (tmp_path / "a.ckpt").read_bytes() == before and len(list(tmp_path.iterdir())) == 1

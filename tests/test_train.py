@@ -1,0 +1,152 @@
+"""Tests for train.py: resume after an interrupt, checkpoints, logs, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from data.collect import collect
+from policy.checkpoint import load_checkpoint
+from policy.chunk_policy import ChunkPolicy
+from train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_overrides(tmp: Path, store: Path) -> list[str]:
+    """A 32 px PushAround image policy small enough to train a few steps in a second."""
+    return [
+        "task=push_around", "task.env_kwargs.image_size=32", f"task.dataset_path={store}", "task.n_demos=4",
+        "policy.encoder.crop_shape=[28,28]", "policy.encoder.feature_dim=8", "policy.encoder.num_keypoints=4",
+        "policy.denoiser.down_dims=[16,32]", "policy.denoiser.diffusion_step_embed_dim=16", "policy.horizon=8",
+        "policy.n_action_steps=4", "training.batch_size=8", "training.warmup_steps=2", "training.log_every=1",
+        "training.val_every=10", "training.val_batches=2", "training.checkpoint_every=5", f"output_root={tmp}",
+        "dataset.collect_workers=1", "name=tiny",
+    ]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("store") / "pa.zarr"
+    task = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "task" / "push_around.yaml"), resolve=False)
+    task["env_kwargs"]["image_size"] = 32
+    task["shape_meta"]["obs"]["image"]["shape"] = [32, 32, 3]
+    collect(task, 4, path, progress=False)
+    return path
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return compose("train", overrides=overrides)
+
+
+def _run(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_loss_sequence(tmp_path, store):
+    args = [*tiny_overrides(tmp_path, store), "training.max_steps=40"]
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    full = _run([*args, f"hydra.run.dir={full_dir}"])
+    cut = _run([*args, f"hydra.run.dir={cut_dir}"])
+    log = cut_dir / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and log.read_text().count("\n") >= 7):
+        assert cut.poll() is None and time.monotonic() < deadline, cut.communicate()[0][-2000:]
+        time.sleep(0.05)
+    cut.send_signal(signal.SIGINT)
+    out, _ = cut.communicate(timeout=120)
+    assert cut.returncode == 128 + signal.SIGINT, out[-2000:]
+    stopped_at = load_checkpoint(cut_dir / "checkpoints" / "latest.ckpt")["step"]
+    assert 7 <= stopped_at < 40 and "stopped by SIGINT" in out
+    resumed = _run([*args, f"hydra.run.dir={cut_dir}"])
+    out, _ = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, out[-2000:]
+    assert f"resuming {cut_dir} from step {stopped_at}" in out
+    out, _ = full.communicate(timeout=180)
+    assert full.returncode == 0, out[-2000:]
+    expected, got = _losses(full_dir), _losses(cut_dir)
+    assert sorted(got) == list(range(1, 41)) == sorted(expected)
+    assert got == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    ckpt = load_checkpoint(cut_dir / "checkpoints" / "latest.ckpt")
+    assert ckpt["step"] == 40 and ckpt["ema"] is not None
+    for name in ("config.yaml", "loss.png"):
+        assert (cut_dir / name).stat().st_size > 0
+    assert list((cut_dir / "tb").iterdir())
+    policy = ChunkPolicy.from_checkpoint(cut_dir / "checkpoints" / "latest.ckpt")
+    assert policy.obs_shapes == {"image": (32, 32, 3), "agent_pos": (2,)}
+
+
+def test_state_policy_trains_in_process_and_validation_does_not_shift_the_loss(tmp_path, store):
+    base = [*tiny_overrides(tmp_path, store), "obs=state", "training.max_steps=6", "ema.enabled=false"]
+    a = train(_compose([*base, "training.val_every=1"]), tmp_path / "a", progress=False)
+    b = train(_compose([*base, "training.val_every=100"]), tmp_path / "b", progress=False)
+    assert a["step"] == b["step"] == 6 and a["stopped_by"] is None
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    policy = ChunkPolicy.from_checkpoint(tmp_path / "a" / "checkpoints" / "latest.ckpt")
+    assert policy.obs_shapes == {"state": (6,)}
+
+
+def test_config_errors_name_the_problem(tmp_path, store):
+    with pytest.raises(ConfigCompositionException, match="Available options"):
+        _compose(["policy=bogus"])
+    with pytest.raises(ConfigCompositionException, match="max_stepz"):
+        _compose(["training.max_stepz=3"])
+    with pytest.raises(ValueError, match="obs='pixels' is unknown"):
+        train(_compose([*tiny_overrides(tmp_path, store), "obs=pixels"]), tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match=r"env_kwargs \{'image_size': 32\}, the task config has \{'image_size': 48\}"):
+        train(_compose([*tiny_overrides(tmp_path, store), "task.env_kwargs.image_size=48"]), tmp_path / "y", progress=False)
+    with pytest.raises(ValueError, match=r"holds 'state' with shape \(6,\) but the task config says \(7,\)"):
+        train(_compose([*tiny_overrides(tmp_path, store), "obs=state", "task.state_shape_meta.obs.state.shape=[7]"]),
+              tmp_path / "z", progress=False)
+
+
+def test_tiny_end_to_end_collect_train_eval(tmp_path):
+    store = tmp_path / "auto.zarr"  # missing: train.py collects it with the expert first
+    args = [*tiny_overrides(tmp_path, store), "task.n_demos=3", "training.max_steps=50", "training.checkpoint_every=50",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    trained = _run(args)
+    out, _ = trained.communicate(timeout=180)
+    assert trained.returncode == 0, out[-2000:]
+    assert "collecting 3 expert episodes first" in out and store.exists()
+    ckpt = tmp_path / "run" / "checkpoints" / "latest.ckpt"
+    assert load_checkpoint(ckpt)["step"] == 50
+    evaluated = subprocess.run(
+        [sys.executable, "eval.py", f"checkpoint={ckpt}", "n_episodes=2", "n_envs=2", "n_videos=1",
+         f"out_dir={tmp_path / 'eval'}", "progress=false"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["n_episodes"] == 2 and results["step"] == 50 and results["sampler"] == "euler"
+    assert [e["seed"] for e in results["episodes"]] == [100000, 100001]
+    assert len(list((tmp_path / "eval" / "videos").glob("episode_0_seed100000_*.mp4"))) == 1
+
+
+def test_nan_in_stored_actions_is_refused_before_training(tmp_path, store):
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(store, bad)
+    actions = zarr.open_group(str(bad), mode="r+")["data/action"]
+    actions[5] = np.nan
+    with pytest.raises(ValueError, match=r"NaN/inf in 'action' at step 5"):
+        train(_compose([*tiny_overrides(tmp_path, bad)]), tmp_path / "run", progress=False)
