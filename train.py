@@ -30,7 +30,7 @@ from tqdm import tqdm
 from data.collect import collect, format_summary, observation_env_kwargs
 from data.dataset import SequenceDataset, make_train_loader
 from data.replay_buffer import ReplayBuffer
-from eval import evaluate
+from eval import evaluate, write_text_atomic
 from policy.checkpoint import (
     CheckpointError,
     config_to_yaml,
@@ -159,9 +159,7 @@ class RunLog:
         self.path = run_dir / "log.jsonl"
         if self.path.exists():  # drop records newer than the checkpoint we resume from
             kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(self.path)
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, step: int, **scalars: float | None) -> None:
@@ -248,7 +246,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> dict[str, An
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_to_yaml(resolved))
+    write_text_atomic(run_dir / "config.yaml", config_to_yaml(resolved))
     build = {"policy": resolved["policy"], "objective": resolved["objective"], "sampler": resolved["sampler"],
              "shape_meta": shape_meta}
 
