@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from gymnasium import spaces  # noqa: E402
 
 from envs.metaworld_tasks import METAWORLD_TASK_NAMES  # noqa: E402
+from envs.rendering import OffscreenRenderers  # noqa: E402
 
 STATE_DIM = 39  # MetaWorld's observation: hand xyz, gripper opening, objects, previous frame, goal xyz
 AGENT_POS_DIM = 4  # hand xyz (m) + gripper opening (0 closed .. 1 open)
@@ -122,7 +123,7 @@ class MetaWorldEnv(gymnasium.Env):
         self.include_image = include_image
         self.terminate_on_success = terminate_on_success
         self.metadata = {**self.metadata, "render_fps": round(1.0 / self.sim.dt)}
-        self._renderers: dict[int, mujoco.Renderer] = {}
+        self._renderers = OffscreenRenderers(self.sim.model)
 
         self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
         obs_spaces: dict[str, spaces.Space] = {}
@@ -161,30 +162,13 @@ class MetaWorldEnv(gymnasium.Env):
 
     def close(self) -> None:
         """Release the offscreen renderers (OpenGL contexts) and MetaWorld's env."""
-        for renderer in self._renderers.values():
-            renderer.close()
-        self._renderers.clear()
+        self._renderers.close()
         self.sim.close()
 
     def render_camera_image(self, camera: str, size: int) -> np.ndarray:
         """Render a (size, size, 3) uint8 image from a named camera, upright, reusing one renderer per size."""
-        renderer = self._renderers.get(size)
-        if renderer is None:
-            renderer = self._create_renderer(size)
-            self._renderers[size] = renderer
-        renderer.update_scene(self.sim.data, camera=camera)
-        image = renderer.render()  # (size, size, 3) uint8
+        image = self._renderers.render(self.sim.data, camera, size)  # (size, size, 3) uint8
         return np.ascontiguousarray(image[::-1, ::-1]) if camera in self.upside_down_cameras else image
-
-    def _create_renderer(self, size: int) -> mujoco.Renderer:
-        """Create an offscreen renderer lazily, so each (vector-env worker) process owns its own context."""
-        try:
-            return mujoco.Renderer(self.sim.model, size, size)
-        except Exception as err:  # the GL stack raises several unrelated types
-            raise RuntimeError(
-                f"offscreen rendering failed with MUJOCO_GL={select_gl_backend()!r} ({err}); "
-                "set MUJOCO_GL=egl or osmesa to a backend installed here, or pass include_image=False"
-            ) from err
 
     def _get_obs(self, state: np.ndarray) -> dict[str, np.ndarray]:
         """Observation dict from MetaWorld's (39,) state: optional camera image, agent_pos (4,), state (39,)."""

@@ -24,6 +24,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from gymnasium import spaces  # noqa: E402
 
+from envs.rendering import OffscreenRenderers  # noqa: E402
 
 # MuJoCo resets the state itself when it detects these, so they are the only trace of a blow-up.
 _INSTABILITY_WARNINGS = tuple(
@@ -96,7 +97,7 @@ class MujocoTaskEnv(gymnasium.Env, ABC):
         self.include_image = include_image
         self.terminate_on_success = terminate_on_success
         self.metadata = {**self.metadata, "render_fps": round(1.0 / control_dt)}
-        self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+        self._renderers = OffscreenRenderers(self.model)
 
         mujoco.mj_forward(self.model, self.data)
         obs_spaces: dict[str, spaces.Space] = {}
@@ -163,30 +164,13 @@ class MujocoTaskEnv(gymnasium.Env, ABC):
 
     def close(self) -> None:
         """Release the offscreen renderers (OpenGL contexts)."""
-        for renderer in self._renderers.values():
-            renderer.close()
-        self._renderers.clear()
+        self._renderers.close()
 
     # ----- helpers -----
 
     def render_camera_image(self, camera: str, size: int) -> np.ndarray:
         """Render a (size, size, 3) uint8 image from a named camera, reusing one renderer per size."""
-        renderer = self._renderers.get((size, size))
-        if renderer is None:
-            renderer = self._create_renderer(size)
-            self._renderers[(size, size)] = renderer
-        renderer.update_scene(self.data, camera=camera)
-        return renderer.render()  # (size, size, 3) uint8
-
-    def _create_renderer(self, size: int) -> mujoco.Renderer:
-        """Create an offscreen renderer lazily, so each (vector-env worker) process owns its own context."""
-        try:
-            return mujoco.Renderer(self.model, size, size)
-        except Exception as err:  # the GL stack raises several unrelated types
-            raise RuntimeError(
-                f"offscreen rendering failed with MUJOCO_GL={select_gl_backend()!r} ({err}); "
-                "set MUJOCO_GL=egl or osmesa to a backend installed here, or pass include_image=False"
-            ) from err
+        return self._renderers.render(self.data, camera, size)
 
     def _get_obs(self) -> dict[str, np.ndarray]:
         """Assemble the observation dict: optional camera image plus the task's low-dim keys."""

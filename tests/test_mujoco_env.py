@@ -118,7 +118,7 @@ def test_render_and_close(env_id):
     base = env.unwrapped
     assert len(base._renderers) == 1
     env.close()
-    assert base._renderers == {}
+    assert len(base._renderers) == 0
     env.close()  # closing twice is harmless
     silent = make(env_id, render_mode=None, include_image=False)
     silent.reset(seed=0)
