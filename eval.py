@@ -28,14 +28,20 @@ import gymnasium
 import hydra
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import InstantiationException, OverrideParseException
+from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import envs  # noqa: F401  (registers the actchunk/* env ids)
 from envs.wrappers import make_reporting_env
-from policy.checkpoint import CheckpointError, checkpoint_config, load_checkpoint, policy_from_checkpoint
+from policy.checkpoint import (
+    CheckpointError,
+    checkpoint_config,
+    load_checkpoint,
+    policy_from_checkpoint,
+)
 from policy.chunk_policy import check_sampler
 from policy.controller import RecedingHorizonController
 from policy.optim import resolve_device
@@ -203,7 +209,7 @@ def summarize(episodes: Sequence[Mapping[str, Any]], latencies: Sequence[float],
             "p90": float(np.percentile(lat, 90)) if len(lat) else None,
             "calls": int(len(lat)),
         },
-        "actions_per_s": steps / lat.sum() * 1000 if lat.sum() > 0 else None,  # executed actions per second of policy time
+        "actions_per_s": steps / lat.sum() * 1000 if lat.sum() > 0 else None,  # executed actions per policy second
         "wall_time_s": wall_time,
     }
 
@@ -305,18 +311,38 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return payload
 
 
-def unknown_option(argv: Sequence[str]) -> str | None:
-    """One line naming the first command-line option eval.yaml lacks and listing the valid ones (hydra lists none)."""
-    cfg = OmegaConf.load(CONFIG_PATH)
-    valid = ["sampler", *(k for k in cfg if k not in ("defaults", "hydra")), *(f"sweep.{k}" for k in cfg.sweep)]
+def unknown_option(argv: Sequence[str], config_name: str = "eval") -> str | None:
+    """One line naming the first command-line key that configs/<config_name>.yaml lacks, with the valid keys beside it.
+
+    Hydra lists the valid choices of a config group but not the valid keys of a config node, so the
+    entry points check dotted keys first: the config is composed with the command line's group
+    choices (``policy=transformer`` changes which ``policy.*`` keys exist) and each key is looked up.
+    """
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
     except OverrideParseException:
         return None  # hydra reports syntax errors itself
-    for override in overrides:
+    config_dir = CONFIG_PATH.parent
+    is_choice = [not o.is_add() and (config_dir / o.key_or_group).is_dir() for o in overrides]
+    choices = [o.input_line for o, choice in zip(overrides, is_choice) if choice]
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+            cfg = compose(config_name, overrides=choices)
+    except HydraException:
+        return None  # hydra reports unknown group choices itself, with the valid ones
+    for override, choice in zip(overrides, is_choice):
         key = override.key_or_group
-        if not (override.is_add() or key in valid or key.startswith(("hydra", "sampler."))):
-            return f"unknown option {key!r}; valid options: {', '.join(valid)} (sampler.<option> with sampler=<name>)"
+        if choice or override.is_add() or key.startswith("hydra"):
+            continue
+        node, path = cfg, []
+        for name in key.split("."):
+            if node is None or (not path and name not in node.keys() and (config_dir / name).is_dir()):
+                break  # an unset group (e.g. eval's sampler): hydra explains it
+            if not isinstance(node, DictConfig) or name not in node.keys():
+                where = f" under {'.'.join(path)}" if path else ""
+                valid = ", ".join(str(k) for k in node.keys()) if isinstance(node, DictConfig) else "none (not a config node)"
+                return f"unknown option {key!r}; valid options{where}: {valid}"
+            node, path = OmegaConf.select(node, name, throw_on_resolution_failure=False), [*path, name]
     return None
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from data.collect import collect, format_summary, observation_env_kwargs
 from data.dataset import SequenceDataset, make_train_loader
 from data.replay_buffer import ReplayBuffer
-from eval import evaluate, write_text_atomic
+from eval import evaluate, unknown_option, write_text_atomic
 from policy.checkpoint import (
     CheckpointError,
     config_to_yaml,
@@ -338,4 +338,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    problem = unknown_option(sys.argv[1:], "train")
+    if problem is not None:
+        sys.exit(f"train.py: error: {problem}")
     main()

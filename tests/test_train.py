@@ -150,3 +150,11 @@ def test_nan_in_stored_actions_is_refused_before_training(tmp_path, store):
     actions[5] = np.nan
     with pytest.raises(ValueError, match=r"NaN/inf in 'action' at step 5"):
         train(_compose([*tiny_overrides(tmp_path, bad)]), tmp_path / "run", progress=False)
+
+
+def test_cli_names_an_unknown_key_with_the_valid_ones():
+    done = subprocess.run([sys.executable, "train.py", "training.max_stepz=3"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "train.py: error: unknown option 'training.max_stepz'; valid options under training: max_steps, batch_size")
