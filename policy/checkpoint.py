@@ -8,9 +8,10 @@ that opening a file never runs code from it:
     config                the resolved training config as a YAML string
     build                 {"policy", "objective", "sampler", "shape_meta"}: what ``build_policy`` needs
     model, ema            state_dicts of the policy and of its EMA copy (ema may be None)
+    ema_n_averaged        updates the EMA has averaged (its decay warmup resumes from there)
     optimizer, scheduler  state_dicts
     rng                   {"torch": ByteTensor, "cuda": [ByteTensor, ...]}
-    data                  the data order's position ({"epoch", "index"})
+    data                  the data order's position ({"batch": batches consumed})
     metrics               the latest validation/rollout numbers (floats)
 
 Files are written to a temporary path in the same directory and renamed, so a crash never leaves a
