@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from policy import optim
 from policy.optim import autocast_enabled, make_optimizer, make_scheduler, resolve_device, warmup_cosine
 
 
@@ -35,14 +36,19 @@ def test_scheduler_drives_the_optimizer_and_round_trips():
         make_scheduler(opt, -1, 10)
 
 
-def test_device_and_autocast_choices():
+def test_device_and_autocast_choices(monkeypatch):
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
-    assert autocast_enabled("auto", torch.device("cpu")) is False
     assert autocast_enabled("auto", torch.device("cuda")) is True
+    for native in (False, True):  # auto on CPU follows the hardware: emulated bf16 is slower than fp32
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert optim.cpu_has_native_bf16() is native
+        assert autocast_enabled("auto", torch.device("cpu")) is native
     assert autocast_enabled(True, torch.device("cpu")) is True
+    assert autocast_enabled(False, torch.device("cuda")) is False
     with pytest.raises(ValueError, match="amp"):
         autocast_enabled("maybe", torch.device("cpu"))
