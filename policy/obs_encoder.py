@@ -67,7 +67,14 @@ class SmallConvTrunk(nn.Module):
 class ImageEncoder(nn.Module):
     """Trunk -> SpatialSoftmax keypoints -> Linear: (N, 3, H, W) float images -> (N, feature_dim)."""
 
-    def __init__(self, image_hw: tuple[int, int], backbone: str, feature_dim: int, num_keypoints: int) -> None:
+    def __init__(
+        self,
+        image_hw: tuple[int, int],
+        backbone: str,
+        feature_dim: int,
+        num_keypoints: int,
+        small_channels: Sequence[int] = (32, 64, 128),
+    ) -> None:
         super().__init__()
         if backbone == "resnet18":
             with warnings.catch_warnings():  # robomimic passes torchvision's deprecated `pretrained=False`
@@ -75,7 +82,7 @@ class ImageEncoder(nn.Module):
                 trunk = ResNet18Conv(input_channel=3, pretrained=False)
             self.trunk = replace_batchnorm_with_groupnorm(trunk)
         elif backbone == "small":
-            self.trunk = SmallConvTrunk()
+            self.trunk = SmallConvTrunk(small_channels)
         else:
             raise ValueError(f"unknown image backbone {backbone!r}; use one of {BACKBONES}")
         feature_shape = self.trunk.output_shape([3, *image_hw])
@@ -118,6 +125,7 @@ class ObsEncoder(nn.Module):
         share_rgb_model: bool = False,
         feature_dim: int = 64,
         num_keypoints: int = 32,
+        small_channels: Sequence[int] = (32, 64, 128),
     ) -> None:
         super().__init__()
         self.rgb_keys: list[str] = []
@@ -155,7 +163,9 @@ class ObsEncoder(nn.Module):
             raise ValueError(f"share_rgb_model needs one crop size for all cameras, got {self.crop_hw}")
         self.image_encoders = nn.ModuleDict()
         for key in self.rgb_keys[:1] if share_rgb_model else self.rgb_keys:
-            self.image_encoders[key] = ImageEncoder(self.crop_hw[key], backbone, feature_dim, num_keypoints)
+            self.image_encoders[key] = ImageEncoder(
+                self.crop_hw[key], backbone, feature_dim, num_keypoints, tuple(small_channels)
+            )
         self.output_dim = feature_dim * len(self.rgb_keys) + low_dim
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:

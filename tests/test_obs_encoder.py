@@ -38,6 +38,16 @@ def test_image_and_low_dim_features_shape(backbone, hw, crop):
     assert all(p.grad is not None for p in enc.parameters())
 
 
+def test_small_trunk_channels_are_configurable():
+    enc = ObsEncoder(_cams("image"), backbone="small", crop_shape=(16, 16), feature_dim=4, num_keypoints=4,
+                     small_channels=(8, 12, 16))
+    trunk = enc.image_encoders["image"].trunk
+    convs = [m for m in trunk.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 8), (8, 12), (12, 16)]
+    assert [m.num_groups for m in trunk.modules() if isinstance(m, nn.GroupNorm)] == [1, 1, 1]
+    assert enc({"image": torch.rand(2, 2, 20, 20, 3)}).shape == (2, 2, 4)
+
+
 def test_random_crop_is_a_window_of_each_image_and_eval_crop_is_centred():
     torch.manual_seed(0)
     images = torch.arange(5 * 9 * 11 * 3, dtype=torch.float32).reshape(5, 9, 11, 3)
