@@ -37,6 +37,7 @@ from data.replay_buffer import ReplayBuffer
 from envs.metaworld_tasks import METAWORLD_MAX_EPISODE_STEPS, METAWORLD_TASK_NAMES
 from eval import evaluate, write_text_atomic
 from policy.checkpoint import checkpoint_config, load_checkpoint, policy_from_checkpoint
+from policy.optim import autocast_enabled, resolve_device
 from train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def train_overrides(task: str, objective: str, args: argparse.Namespace, store: 
         f"task.env_kwargs.image_size={args.image_size}", f"task.max_episode_steps={args.max_episode_steps}",
         f"policy.encoder.crop_shape=[{args.crop_size},{args.crop_size}]", "obs=image", f"objective={objective}",
         f"seed={args.seed}", f"training.max_steps={args.train_steps}", f"training.batch_size={args.batch_size}",
-        f"amp={str(args.amp).lower()}", "dataset.val_ratio=0", "dataset.collect_workers=1",  # every demo trains
+        f"amp={args.amp}", "dataset.val_ratio=0", "dataset.collect_workers=1",  # every demo trains
         f"name=bench_metaworld_{task}_{objective}",
         *args.overrides,
     ]
@@ -212,7 +213,8 @@ def write_report(args: argparse.Namespace, cfg: DictConfig, rows: list[dict[str,
             "tasks": args.tasks, "objectives": args.objectives, "demos": args.demos, "image_size": args.image_size,
             "crop_size": args.crop_size, "down_dims": policy_cfg["denoiser"]["down_dims"], "horizon": policy_cfg["horizon"],
             "n_action_steps": policy_cfg["n_action_steps"], "train_steps": args.train_steps, "batch_size": args.batch_size,
-            "amp": args.amp, "seed": args.seed, "max_episode_steps": args.max_episode_steps, "episodes": args.episodes,
+            "amp": autocast_enabled(cfg.amp, resolve_device(cfg.device)),  # resolved: bf16 autocast on or off
+            "seed": args.seed, "max_episode_steps": args.max_episode_steps, "episodes": args.episodes,
             "n_envs": args.n_envs, "eval_seed": args.eval_seed, "torch_threads": torch.get_num_threads(),
         },
         "machine": {"platform": platform.platform(), "torch": torch.__version__},
@@ -255,7 +257,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-episode-steps", type=int, default=DP3_EPISODE_STEPS, help="evaluation episode length")
     parser.add_argument("--image-size", type=int, default=84, help="side (px) of the observation image")
     parser.add_argument("--crop-size", type=int, default=76, help="random/centre crop side (px), < --image-size")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast in training")
+    parser.add_argument("--amp", choices=["auto", "true", "false"], default="auto",
+                        help="bf16 autocast in training (auto: CUDA or a CPU with native bf16)")
     parser.add_argument("--n-envs", type=int, default=2, help="env worker processes per evaluation")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--eval-seed", type=int, default=100000, help="evaluation episode i is reset with this + i")

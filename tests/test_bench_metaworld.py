@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import envs  # noqa: F401  (chooses MUJOCO_GL before MetaWorld imports mujoco)
 
@@ -46,6 +47,7 @@ def test_run_writes_json_and_table_with_every_field(run):
     table = (run["tmp"] / "results" / "metaworld.md").read_text()
     assert "| reach-v3 | easy | flow | euler-10 |" in table and "hard 9.0%" in table and "--train-steps 2" in table
     assert "Partial" not in table
+    assert saved["protocol"]["amp"] is bench_metaworld.autocast_enabled("auto", torch.device("cpu"))  # resolved, not "auto"
 
 
 def test_demos_are_collected_with_metaworlds_horizon_and_all_train(run):
@@ -78,6 +80,7 @@ def test_reuse_refuses_a_run_dir_with_another_model(run):
     (["--tasks", "reach-v2"], "unknown MetaWorld tasks"),
     (["--image-size", "84", "--crop-size", "84"], "--crop-size 84"),
     (["--episodes", "0"], "must be >= 1"),
+    (["--amp", "yes"], "invalid choice: 'yes'"),
 ])
 def test_bad_arguments_are_refused(args, message, capsys):
     with pytest.raises(SystemExit):
