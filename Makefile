@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch and torchvision are pinned to the pair that robomimic imports beside (local wheels on our machines).
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test setup clean
+.PHONY: demo test lint format setup clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,15 @@ $(STAMP): pyproject.toml
 # pytest exits 5 when it collected no tests: not a failure of the code under test.
 test: $(STAMP)
 	$(VPY) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# ruff (configured in pyproject.toml): lint rules and the formatter's check; `make format` rewrites the tree.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # The main job on the embedded default task (configs/experiment/demo.yaml): collect 200 expert demos of
 # PickPlace (top camera), train the CPU-sized image + agent_pos flow-matching policy, evaluate it on 50

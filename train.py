@@ -1,340 +1,56 @@
 """Train a ChunkPolicy: python train.py task=push_around policy=unet objective=flow
 
-One loop for every policy, objective and task, counted in optimizer steps. A run directory
-(``outputs/<date>/<time>_<name>/``) holds ``config.yaml``, ``log.jsonl``, TensorBoard scalars
-(``tb/``), ``loss.png`` and ``checkpoints/{latest,best}.ckpt``. Re-running with the same run
-directory (``hydra.run.dir=...``), or ``resume=true`` (the newest run of the same name), continues
-from ``latest.ckpt`` with the optimizer, scheduler, EMA, RNG and data order restored, so the loss
-sequence matches an uninterrupted run. SIGINT/SIGTERM finish the current step, write ``latest.ckpt``
-and exit.
+The hydra entry point over ``policy.training``: opens the task's store (collecting it with the expert if
+missing), hands the training loop the task's env for periodic rollouts, and prints the run's summary. A run
+directory ``outputs/<date>/<time>_<name>/`` is created per run; rerunning with the same directory
+(``hydra.run.dir=...``) or ``resume=true`` continues it. SIGINT/SIGTERM write ``latest.ckpt`` and exit.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import sys
-import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
-from data.collect import collect, format_summary, observation_env_kwargs
-from data.dataset import SequenceDataset, make_train_loader
-from data.replay_buffer import ReplayBuffer
-from eval import evaluate, unknown_option, write_text_atomic
-from policy.checkpoint import (
-    CheckpointError,
-    config_to_yaml,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from policy.chunk_policy import ChunkPolicy
-from policy.ema import EMA
-from policy.factory import build_policy
-from policy.optim import autocast, autocast_enabled, make_optimizer, make_scheduler, resolve_device
-
-OBS_CHOICES = {"image": "shape_meta", "state": "state_shape_meta"}
+from configs import unknown_option
+from data.task_store import open_training_data
+from envs.task_env import TaskEnv
+from policy.training import train
 
 
-class StopRequested:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (a second signal exits at once)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequested:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-
-def shape_meta_of(cfg: DictConfig) -> dict[str, Any]:
-    """The task's shape_meta for ``cfg.obs`` (image: image + agent_pos; state: low-dim state)."""
-    if cfg.obs not in OBS_CHOICES:
-        raise ValueError(f"obs={cfg.obs!r} is unknown; choose one of {sorted(OBS_CHOICES)}")
-    return OmegaConf.to_container(cfg.task[OBS_CHOICES[cfg.obs]], resolve=True)
-
-
-def open_dataset(cfg: DictConfig, shape_meta: Mapping[str, Any], progress: bool) -> tuple[SequenceDataset, SequenceDataset]:
-    """Train and validation datasets over the task's store, collecting it with the expert if missing."""
-    path = Path(cfg.task.dataset_path)
-    if not path.exists():
-        print(f"dataset {path} not found: collecting {cfg.task.n_demos} expert episodes first")
-        summary = collect(OmegaConf.to_container(cfg.task, resolve=True), cfg.task.n_demos, path,
-                          seed=cfg.dataset.collect_seed, n_workers=cfg.dataset.collect_workers, progress=progress)
-        print(format_summary(summary))
-    buffer = ReplayBuffer.open(path, "r", in_memory=True)
-    wanted = observation_env_kwargs(cfg.task.env_kwargs)
-    if "env_kwargs" in buffer.attrs and buffer.attrs["env_kwargs"] != wanted:
-        raise ValueError(
-            f"store {path} was collected with env_kwargs {buffer.attrs['env_kwargs']}, the task config has {wanted}; "
-            "set task.dataset_path to another store (it is collected if missing)"
-        )
-    for key, meta in [*shape_meta["obs"].items(), ("action", shape_meta["action"])]:
-        if key not in buffer:
-            raise ValueError(f"store {path} has no key {key!r} that the task's shape_meta needs; it has {buffer.keys()}")
-        stored = tuple(buffer.array(key).shape[1:])
-        if stored != tuple(meta["shape"]):
-            raise ValueError(
-                f"store {path} holds {key!r} with shape {stored} but the task config says {tuple(meta['shape'])}; "
-                "re-collect the store or fix the task config"
-            )
-    for key in [k for k, meta in shape_meta["obs"].items() if meta["type"] == "low_dim"] + ["action"]:
-        values = np.asarray(buffer.array(key)[: buffer.n_steps])
-        bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
-        if len(bad):
-            raise ValueError(f"store {path} has NaN/inf in {key!r} at step {bad[0]} ({len(bad)} steps); fix or re-collect it")
-    horizons = dict(horizon=cfg.policy.horizon, n_obs_steps=cfg.policy.n_obs_steps, n_action_steps=cfg.policy.n_action_steps)
-    train_set = SequenceDataset(buffer, obs_keys=list(shape_meta["obs"]), val_ratio=cfg.dataset.val_ratio,
-                                max_train_episodes=cfg.dataset.max_train_episodes, seed=cfg.seed, **horizons)
-    return train_set, train_set.get_validation_dataset()
-
-
-def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Move a batch to ``device`` (non-blocking from pinned memory on CUDA)."""
-    return {k: v.to(device, non_blocking=device.type == "cuda") for k, v in batch.items()}
-
-
-def validation_loss(policy: ChunkPolicy, dataset: SequenceDataset, cfg: DictConfig, device: torch.device) -> float | None:
-    """Mean loss over fixed validation batches, with fixed noise; the training RNG stream is untouched."""
-    if len(dataset) == 0:
-        return None
-    batch_size = min(cfg.training.batch_size, len(dataset))
-    n_batches = min(cfg.training.val_batches, len(dataset) // batch_size)
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed))
-    losses = []
-    was_training = policy.training
-    policy.eval()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-        torch.manual_seed(cfg.seed)
-        for b in range(n_batches):
-            batch = to_device(dataset.__getitems__(order[b * batch_size : (b + 1) * batch_size].tolist()), device)
-            losses.append(float(policy.compute_loss(batch)))
-    policy.train(was_training)
-    return sum(losses) / len(losses)
-
-
-def rollout_success(policy: ChunkPolicy, cfg: DictConfig, step: int, run_dir: Path) -> dict[str, Any]:
-    """Roll ``policy`` out on fresh seeded episodes through eval.py's code path; returns its summary."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the env worker processes need the other cores
-    try:
-        with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
-            return evaluate(
-                policy, OmegaConf.to_container(cfg.task, resolve=True), n_episodes=cfg.rollout.n_episodes,
-                n_envs=cfg.rollout.n_envs, seed=cfg.rollout.seed, out_dir=run_dir / "rollouts" / f"step_{step:07d}",
-                n_videos=cfg.rollout.n_videos, progress=False,
-            )
-    finally:
-        torch.set_num_threads(threads)
-
-
-class RunLog:
-    """Appends one JSON line per record and mirrors scalars to TensorBoard."""
-
-    def __init__(self, run_dir: Path, resume_step: int) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import
-
-        self.path = run_dir / "log.jsonl"
-        if self.path.exists():  # drop records newer than the checkpoint we resume from
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
-
-    def write(self, step: int, **scalars: float | None) -> None:
-        """Record the non-None scalars at ``step``."""
-        values = {k: v for k, v in scalars.items() if v is not None}
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
-        for name, value in values.items():
-            self.writer.add_scalar(name, value, step)
-
-    def close(self) -> None:
-        """Flush TensorBoard."""
-        self.writer.close()
-
-
-def plot_losses(log_path: Path, out: Path) -> None:
-    """Write a PNG of training and validation loss against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in log_path.read_text().splitlines() if line]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("loss", "val_loss"):
-        points = [(r["step"], r[key]) for r in records if key in r]
-        if points:
-            ax.plot(*zip(*points), label=key, marker="o" if key == "val_loss" else None)
-    ax.set(xlabel="optimizer step", ylabel="loss", yscale="log", title=out.parent.name)
-    ax.legend()
-    fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
-
-
-def find_resume_dir(cfg: DictConfig, run_dir: Path) -> Path:
-    """The run to continue: this run dir if it has a checkpoint, else (resume=true) the newest run of the same name."""
-    if (run_dir / "checkpoints" / "latest.ckpt").exists() or not cfg.resume:
-        return run_dir
-    candidates = sorted(Path(cfg.output_root).glob(f"*/*_{cfg.name}/checkpoints/latest.ckpt"),
-                        key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise FileNotFoundError(
-            f"resume=true but no run named {cfg.name!r} has checkpoints/latest.ckpt under {cfg.output_root}/; "
-            "pass hydra.run.dir=<run dir> or drop resume"
-        )
-    return candidates[-1].parent.parent
-
-
-def train(cfg: DictConfig, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Train per ``cfg`` in ``run_dir`` (resuming from its latest.ckpt if present); return a summary."""
-    run_dir = find_resume_dir(cfg, run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    latest = ckpt_dir / "latest.ckpt"
-    resume = load_checkpoint(latest) if latest.exists() else None
-    if resume is not None:
-        print(f"resuming {run_dir} from step {resume['step']}")
-        if resume["build"]["shape_meta"] != shape_meta_of(cfg):
-            raise CheckpointError(f"{latest} was trained on {resume['build']['shape_meta']}, this config has "
-                                  f"{shape_meta_of(cfg)}; use a new run dir")
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    use_amp = autocast_enabled(cfg.amp, device)
-    shape_meta = shape_meta_of(cfg)
-    train_set, val_set = open_dataset(cfg, shape_meta, progress)
-
-    policy = build_policy(cfg.policy, cfg.objective, cfg.sampler, shape_meta)
-    policy.set_normalizer(train_set.get_normalizer(policy.normalizer_modes()))
-    policy.to(device)
-    ema = EMA(policy, power=cfg.ema.power, max_value=cfg.ema.max_value) if cfg.ema.enabled else None
-    optimizer = make_optimizer(policy.parameters(), cfg.training.lr, cfg.training.betas, cfg.training.weight_decay, device)
-    scheduler = make_scheduler(optimizer, cfg.training.warmup_steps, cfg.training.max_steps, cfg.training.min_lr_ratio)
-    step, best_success = 0, -1.0
-    if resume is not None:
-        policy.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if ema is not None and resume.get("ema") is not None:
-            ema.module.load_state_dict(resume["ema"])
-            ema.n_averaged.fill_(resume["ema_n_averaged"])
-        step, best_success = resume["step"], resume["metrics"].get("best_success", -1.0)
-
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", config_to_yaml(resolved))
-    build = {"policy": resolved["policy"], "objective": resolved["objective"], "sampler": resolved["sampler"],
-             "shape_meta": shape_meta}
-
-    def checkpoint(path: Path, metrics: dict[str, float]) -> None:
-        save_checkpoint(path, {
-            "step": step, "config": config_to_yaml(resolved), "build": build,
-            "model": policy.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
-            "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": rng_state(), "data": {"batch": step}, "metrics": {**metrics, "best_success": best_success},
-        })
-
-    eval_policy = ema.module if ema is not None else policy
-    log = RunLog(run_dir, step)
-    loader = make_train_loader(train_set, batch_size=cfg.training.batch_size, seed=cfg.seed, start_batch=step,
-                               num_workers=cfg.dataset.num_workers)
-    print(f"run dir {run_dir}\n{len(train_set)} training windows, {len(val_set)} validation windows, "
-          f"{sum(p.numel() for p in policy.parameters()):,} parameters, device {device}, bf16 autocast {use_amp}")
-    metrics: dict[str, float] = {}
-    policy.train()
-    start_step, start_time = step, time.perf_counter()
-    bar = tqdm(total=cfg.training.max_steps, initial=step, desc=f"train {cfg.name}", unit="step", disable=not progress)
-    stopped = None
-    with StopRequested() as stop:
-        data = iter(loader)
-        if resume is not None:  # restored last, so nothing above shifts the random stream
-            set_rng_state(resume["rng"])
-        while step < cfg.training.max_steps and stop.signum is None:
-            batch = to_device(next(data), device)
-            with autocast(device, use_amp):
-                loss = policy.compute_loss(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower training.lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.training.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(policy)
-            step += 1
-            bar.update(1)
-            records: dict[str, float | None] = {}
-            if step % cfg.training.log_every == 0 or step == cfg.training.max_steps:
-                rate = (step - start_step) / (time.perf_counter() - start_time)
-                records.update(loss=loss.item(), lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm), steps_per_s=rate)
-                bar.set_postfix(loss=f"{loss.item():.4f}", steps_s=f"{rate:.1f}")
-            if step % cfg.training.val_every == 0 or step == cfg.training.max_steps:
-                records["val_loss"] = validation_loss(eval_policy, val_set, cfg, device)
-            rollout_due = cfg.rollout.every > 0 and (step % cfg.rollout.every == 0 or step == cfg.training.max_steps)
-            if rollout_due:
-                results = rollout_success(eval_policy, cfg, step, run_dir)
-                records["success_rate"] = results["success_rate"]
-                if results["success_rate"] > best_success:
-                    best_success = results["success_rate"]
-                    metrics = {"success_rate": best_success}
-                    checkpoint(ckpt_dir / "best.ckpt", metrics)
-            if records:
-                log.write(step, **records)
-                metrics.update({k: v for k, v in records.items() if v is not None})
-            if step % cfg.training.checkpoint_every == 0 or step == cfg.training.max_steps:
-                checkpoint(latest, metrics)
-        if stop.signum is not None:
-            checkpoint(latest, metrics)
-            stopped = signal.Signals(stop.signum).name
-    bar.close()
-    log.close()
-    plot_losses(log.path, run_dir / "loss.png")
-    summary = {"run_dir": str(run_dir), "step": step, "stopped_by": stopped, "latest": str(latest),
-               "best_success": best_success if best_success >= 0 else None,
-               "wall_time_s": time.perf_counter() - start_time, **metrics}
-    return summary
+def run(cfg: DictConfig, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Open the task's training data and env, train in ``run_dir``; returns the training summary."""
+    data = open_training_data(cfg, progress)
+    task = TaskEnv.from_config(OmegaConf.to_container(cfg.task, resolve=True)) if cfg.rollout.every > 0 else None
+    return train(cfg, run_dir, data, rollout_task=task, progress=progress)
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point (configs/train.yaml)."""
     try:
-        summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except (ValueError, FileNotFoundError, FloatingPointError) as exc:  # bad config, store, checkpoint or diverged loss
         sys.exit(f"train.py: error: {exc}")
     if summary["stopped_by"]:
-        print(f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint {summary['latest']}; "
-              f"rerun with hydra.run.dir={summary['run_dir']} to continue")
+        print(
+            f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint {summary['latest']}; "
+            f"rerun with hydra.run.dir={summary['run_dir']} to continue"
+        )
         sys.exit(128 + getattr(signal, summary["stopped_by"]).value)
     width = max(map(len, summary))
-    print("\n".join(f"  {k:<{width}}  {v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"  {k:<{width}}  {v}"
-                    for k, v in summary.items()))
+    print(
+        "\n".join(
+            f"  {k:<{width}}  {v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"  {k:<{width}}  {v}"
+            for k, v in summary.items()
+        )
+    )
 
 
 if __name__ == "__main__":

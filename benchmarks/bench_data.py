@@ -65,8 +65,11 @@ class PerSampleDataset(Dataset):
         self.buffer = buffer
         ends = buffer.episode_ends
         starts = np.concatenate([[0], ends[:-1]])
-        self.windows = [(s, e, r) for s, e in zip(starts, ends, strict=True)
-                        for r in range(-(N_OBS - 1), int(e - s) - HORIZON + N_ACT)]
+        self.windows = [
+            (s, e, r)
+            for s, e in zip(starts, ends, strict=True)
+            for r in range(-(N_OBS - 1), int(e - s) - HORIZON + N_ACT)
+        ]
         self.arrays = {k: buffer.array(k) for k in ("image", "state", "action")}
 
     def __len__(self) -> int:
@@ -130,10 +133,12 @@ def main() -> None:
         loaders = {
             "ours (workers=0)": make_dataloader(ours, batch_size=BATCH, seed=0),
             "ours (workers=2)": make_dataloader(ours, batch_size=BATCH, seed=0, num_workers=2),
-            "per-sample (memory)": DataLoader(PerSampleDataset(mem), batch_size=BATCH, shuffle=True,
-                                              collate_fn=default_collate),
-            "per-sample (zarr)": DataLoader(PerSampleDataset(disk), batch_size=BATCH, shuffle=True,
-                                            collate_fn=default_collate),
+            "per-sample (memory)": DataLoader(
+                PerSampleDataset(mem), batch_size=BATCH, shuffle=True, collate_fn=default_collate
+            ),
+            "per-sample (zarr)": DataLoader(
+                PerSampleDataset(disk), batch_size=BATCH, shuffle=True, collate_fn=default_collate
+            ),
         }
         results = {}
         for name, loader in loaders.items():
@@ -142,16 +147,27 @@ def main() -> None:
             results[name] = statistics.median(rates)
 
     base = results["ours (workers=0)"]
-    print(f"store: {args.episodes} episodes x {args.length} steps, 96x96x3 uint8 image + 2-d state + 2-d action; "
-          f"{size_mb:.0f} MB on disk (zstd), written in {t_write:.1f} s, loaded into memory in {t_load:.1f} s")
+    print(
+        f"store: {args.episodes} episodes x {args.length} steps, 96x96x3 uint8 image + 2-d state + 2-d action; "
+        f"{size_mb:.0f} MB on disk (zstd), written in {t_write:.1f} s, loaded into memory in {t_load:.1f} s"
+    )
     print(f"batch {BATCH}, horizon {HORIZON}, n_obs_steps {N_OBS}; median of repeats\n")
     print(f"| {'loader':<22} | {'samples/s':>10} | {'ours(w=0) / this':>16} |")
     print(f"|{'-' * 24}|{'-' * 12}|{'-' * 18}|")
     for name, rate in results.items():
         print(f"| {name:<22} | {rate:>10.0f} | {base / rate:>15.1f}x |")
-    record = {"episodes": args.episodes, "length": args.length, "batch": BATCH, "horizon": HORIZON,
-              "n_obs_steps": N_OBS, "store_mb": size_mb, "write_s": t_write, "load_s": t_load,
-              "samples_per_s": results, "ratio_ours_w0_over": {k: base / v for k, v in results.items()}}
+    record = {
+        "episodes": args.episodes,
+        "length": args.length,
+        "batch": BATCH,
+        "horizon": HORIZON,
+        "n_obs_steps": N_OBS,
+        "store_mb": size_mb,
+        "write_s": t_write,
+        "load_s": t_load,
+        "samples_per_s": results,
+        "ratio_ours_w0_over": {k: base / v for k, v in results.items()},
+    }
     print(f"\nwrote {write_json(args.out, record)}")
 
 

@@ -13,16 +13,16 @@ Prints a table and writes ``benchmarks/results/bench_envs.json``.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import platform
 import statistics
 import time
 
-import envs  # first: picks MUJOCO_GL before mujoco is imported
+import gymnasium
 
-import gymnasium  # noqa: E402
-import mujoco  # noqa: E402
-from results_io import RESULTS_DIR, write_json  # noqa: E402
+import envs
+from results_io import RESULTS_DIR, write_json
 
 
 def steps_per_second(env_id: str, include_image: bool, steps: int, image_size: int) -> float:
@@ -80,7 +80,7 @@ def main() -> None:
         "steps": args.steps,
         "repeats": args.repeats,
         "image_size": args.image_size,
-        "mujoco": mujoco.__version__,
+        "mujoco": importlib.metadata.version("mujoco"),
         "mujoco_gl": os.environ.get("MUJOCO_GL"),
         "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "machine": platform.machine(),

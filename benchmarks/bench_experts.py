@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from results_io import RESULTS_DIR, write_json
 
 import envs
 from data.collect import EpisodeRunner
+from results_io import RESULTS_DIR, write_json
 
 DEFAULT_OUT = RESULTS_DIR / "bench_experts.json"
 

@@ -17,16 +17,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from results_io import RESULTS_DIR, write_json
 
 from data.collect import EpisodeRunner
 from envs.metaworld_tasks import METAWORLD_MAX_EPISODE_STEPS, METAWORLD_TASK_NAMES, metaworld_env_id
+from results_io import RESULTS_DIR, write_json
 
 DEFAULT_OUT = RESULTS_DIR / "metaworld_experts.json"
 DEFAULT_TASKS = ["reach-v3", "push-v3", "drawer-open-v3", "button-press-topdown-v3", "pick-place-v3"]
 
 
-def run_episodes(task_name: str, seeds: range, env_kwargs: dict, noise_std: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def run_episodes(
+    task_name: str, seeds: range, env_kwargs: dict, noise_std: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run seeded expert episodes on a warmed-up env; return (successes, lengths, seconds), each (N,)."""
     runner = EpisodeRunner(metaworld_env_id(task_name), env_kwargs, METAWORLD_MAX_EPISODE_STEPS, noise_std)
     successes, lengths, seconds = [], [], []
@@ -77,16 +79,27 @@ def main() -> None:
         parser.error("--episodes and --image-episodes must be >= 1")
 
     rows = [evaluate_task(t, args.episodes, args.image_episodes, args.image_size, args.noise_std) for t in args.tasks]
-    print(f"| task | episodes | success | mean / max steps to success | steps/s state only | steps/s with {args.image_size} px image |")
+    print(
+        "| task | episodes | success | mean / max steps to success | steps/s state only | "
+        f"steps/s with {args.image_size} px image |"
+    )
     print("|---|---|---|---|---|---|")
     for row in rows:
-        steps = "-" if row["mean_steps_to_success"] is None else f"{row['mean_steps_to_success']:.1f} / {row['max_steps_to_success']}"
+        steps = (
+            "-"
+            if row["mean_steps_to_success"] is None
+            else f"{row['mean_steps_to_success']:.1f} / {row['max_steps_to_success']}"
+        )
         print(
             f"| {row['task']} | {row['episodes']} | {row['success_rate']:.0%} | {steps} | "
             f"{row['steps_per_second_state_only']:.0f} | {row['steps_per_second_with_image']:.0f} |"
         )
-    payload = {"noise_std": args.noise_std, "image_size": args.image_size, "max_episode_steps": METAWORLD_MAX_EPISODE_STEPS,
-               "results": rows}
+    payload = {
+        "noise_std": args.noise_std,
+        "image_size": args.image_size,
+        "max_episode_steps": METAWORLD_MAX_EPISODE_STEPS,
+        "results": rows,
+    }
     write_json(args.out, payload)
     print(f"wrote {args.out}")
 

@@ -22,11 +22,11 @@ import platform
 from pathlib import Path
 
 import torch
-from results_io import RESULTS_DIR, write_json
 
 from policy.gaussian_mixture import GaussianMixture, stratified_normal
 from policy.objectives import DDPM, FlowMatching
 from policy.samplers import SAMPLERS, make_sampler
+from results_io import RESULTS_DIR, write_json
 
 STEPS = (1, 2, 4, 8, 16, 20, 50, 100)
 MIXTURE = GaussianMixture(weights=(0.3, 0.7), means=(-2.0, 1.5), stds=(0.3, 0.6))
@@ -41,7 +41,9 @@ def run(n_samples: int, seed: int) -> list[dict]:
     noise = stratified_normal(n_samples)
     rows = []
     for name, sampler_cls in SAMPLERS.items():
-        objective = ddpm if "ddpm" in sampler_cls.compatible_objectives else flow
+        objective = {"ddpm": ddpm, "flow": flow}.get(sampler_cls.objective_kind)
+        if objective is None:  # the regression head has no noise process to compare
+            continue
         denoiser = mixture.ddpm_denoiser(ddpm) if objective is ddpm else mixture.flow_denoiser(flow)
         sampler = make_sampler(name)
         for steps in STEPS:
@@ -92,7 +94,8 @@ def main() -> None:
         "samplers": {name: repr(make_sampler(name)) for name in SAMPLERS},
         "torch": torch.__version__,
         "platform": platform.platform(),
-        "note": "null error = a mode received fewer than 2 samples (e.g. 1-step deterministic samplers collapse to one point)",
+        "note": "null error = a mode received fewer than 2 samples "
+        "(e.g. 1-step deterministic samplers collapse to one point)",
         "rows": json_rows,
     }
     write_json(args.out, payload)

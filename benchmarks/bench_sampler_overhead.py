@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-from results_io import RESULTS_DIR, write_json
 
 from policy.objectives import DDPM, FlowMatching
 from policy.samplers import make_sampler
+from results_io import RESULTS_DIR, write_json
 
 SHAPE = (64, 16, 10)  # (B, T, Da)
 DEFAULT_OUT = RESULTS_DIR / "sampler_overhead.json"
@@ -62,11 +62,15 @@ def run(repeats: int) -> list[dict]:
     rows = []
     for name, steps in CASES:
         sampler = make_sampler(name)
-        objective = DDPM() if "ddpm" in sampler.compatible_objectives else FlowMatching()
-        ours = median_ms(lambda: sampler.sample(denoiser, objective, noise, num_steps=steps, generator=generator), repeats)
+        objective = DDPM() if sampler.objective_kind == "ddpm" else FlowMatching()
+        ours = median_ms(
+            lambda: sampler.sample(denoiser, objective, noise, num_steps=steps, generator=generator), repeats
+        )
         row = {"sampler": name, "steps": steps, "nfe": sampler.nfe(steps), "ours_ms": ours, "diffusers_ms": None}
         if name in DIFFUSERS:
-            scheduler = DIFFUSERS[name](num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")
+            scheduler = DIFFUSERS[name](
+                num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing"
+            )
             row["diffusers_ms"] = median_ms(lambda: diffusers_loop(scheduler, noise, steps, generator), repeats)
         rows.append(row)
     return rows

@@ -12,7 +12,8 @@ shows the mean and standard deviation across seeds (the 95% interval is Wilson's
 and actions/s are the median over seeds of each seed's value). Latency is per predict_action call (one chunk).
 
 Usage (from the repo root):
-    python benchmarks/bench_steps.py --task push_t --train-steps 3000 --seeds 0 --episodes 50 --obs state --n-envs 2 --reuse
+    python benchmarks/bench_steps.py --task push_t --train-steps 3000 --seeds 0 --episodes 50 --obs state \\
+        --n-envs 2 --reuse
 Writes steps_<task>.json, steps_<task>.md and steps_<task>.png to --out (default benchmarks/results) and prints the
 table. Run dirs are fixed (``<work-dir>/<task>/<objective>_seed<k>_<N>steps``); with --reuse a finished checkpoint
 is not retrained, an interrupted one resumes, and evaluated cells (kept in the run dir) are not re-run.
@@ -33,16 +34,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 from omegaconf import DictConfig, OmegaConf
-from results_io import RESULTS_DIR, write_json
 from tqdm import tqdm
-from training_runs import BenchmarkError, compose_train_config, existing_checkpoint
 
-from eval import evaluate as evaluate_cell
-from eval import wilson_interval, write_text_atomic
-from policy.checkpoint import checkpoint_config, load_checkpoint, policy_from_checkpoint
+from data.atomic import atomic_path, write_text_atomic
+from envs.task_env import TaskEnv
+from policy.checkpoint import checkpoint_config, load_checkpoint
+from policy.chunk_policy import ChunkPolicy
+from policy.evaluation import evaluate, wilson_interval
 from policy.optim import resolve_device
-from train import train
+from results_io import RESULTS_DIR, write_json
+from training_runs import BenchmarkError, compose_train_config, existing_checkpoint, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,8 +60,14 @@ SAME_MODEL_KEYS = ("task", "obs", "seed", "policy", "objective", "sampler", "tra
 
 def train_overrides(task: str, objective: str, seed: int, train_steps: int, obs: str) -> list[str]:
     """train.py overrides for one model of the study; the two objectives differ only in ``objective``."""
-    return [f"task={task}", f"obs={obs}", f"objective={objective}", f"seed={seed}",
-            f"training.max_steps={train_steps}", f"name=steps_{task}_{objective}_seed{seed}"]
+    return [
+        f"task={task}",
+        f"obs={obs}",
+        f"objective={objective}",
+        f"seed={seed}",
+        f"training.max_steps={train_steps}",
+        f"name=steps_{task}_{objective}_seed{seed}",
+    ]
 
 
 def run_dir_for(work_dir: Path, task: str, objective: str, seed: int, train_steps: int) -> Path:
@@ -72,7 +82,7 @@ def train_model(cfg: DictConfig, run_dir: Path, reuse: bool, progress: bool = Tr
         latest = run_dir / "checkpoints" / "latest.ckpt"
         print(f"reusing {latest} (step {ckpt['step']})")
         return latest
-    summary = train(cfg, run_dir, progress=progress)
+    summary = run_training(cfg, run_dir, progress=progress)
     if summary["stopped_by"]:
         raise KeyboardInterrupt(f"training stopped by {summary['stopped_by']} at step {summary['step']}")
     return Path(summary["latest"])
@@ -87,7 +97,7 @@ def planned_cells(objective: str, step_counts: Sequence[int], full_chain: bool =
 
 
 def evaluation_rank(cell: tuple[str, int | None]) -> float:
-    """Sort key running cheap cells first (by step count, the full DDPM chain last): a cut-short study has whole columns."""
+    """Cheap cells first (by step count, full DDPM chain last), so a cut-short study has whole columns."""
     return math.inf if cell[1] is None else cell[1]
 
 
@@ -109,18 +119,28 @@ def evaluate_model(
 ) -> list[dict[str, Any]]:
     """Evaluate every cell of a checkpoint (EMA weights) on episodes seeded eval_seed + i; cached in its run dir."""
     ckpt = load_checkpoint(checkpoint, map_location=device)
-    task_cfg = checkpoint_config(ckpt)["task"]
-    policy = policy_from_checkpoint(ckpt, path=checkpoint).to(device)
+    task = TaskEnv.from_config(checkpoint_config(ckpt)["task"])
+    policy = ChunkPolicy.from_checkpoint(checkpoint, loaded=ckpt).to(device)
     cache_path = checkpoint.parent.parent / CELLS_FILE
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     results = []
     for sampler, num_steps in cells:
         key = cell_key(sampler, num_steps, episodes, n_envs, eval_seed, int(ckpt["step"]))
         if not (reuse and key in cache):
-            result = evaluate_cell(policy, task_cfg, n_episodes=episodes, n_envs=n_envs, seed=eval_seed,
-                                   sampler=sampler, num_steps=num_steps, progress=progress)
+            result = evaluate(
+                policy,
+                task,
+                n_episodes=episodes,
+                n_envs=n_envs,
+                seed=eval_seed,
+                sampler=sampler,
+                num_steps=num_steps,
+                progress=progress,
+            )
             cache[key] = {k: v for k, v in result.items() if k != "videos"}
-            stored = json.loads(cache_path.read_text()) if cache_path.exists() else {}  # cells another run added meanwhile
+            stored = (
+                json.loads(cache_path.read_text()) if cache_path.exists() else {}
+            )  # cells another run added meanwhile
             write_json(cache_path, {**stored, key: cache[key]})
         results.append(cache[key])
     return results
@@ -143,15 +163,24 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         n = sum(c["n_episodes"] for c in cells)
         success, success_sd = mean_sd([c["success_rate"] for c in cells])
         reward, reward_sd = mean_sd([c["mean_max_reward"] for c in cells])
-        rows.append({
-            "objective": objective, "sampler": sampler, "num_steps": steps, "nfe": cells[0]["nfe"],
-            "n_seeds": len(cells), "n_episodes": n,
-            "success_rate": success, "success_sd": success_sd, "success_ci95_pooled": list(wilson_interval(successes, n)),
-            "mean_max_reward": reward, "mean_max_reward_sd": reward_sd,
-            "latency_ms_median": statistics.median(c["latency_ms"]["median"] for c in cells),
-            "latency_ms_p90": statistics.median(c["latency_ms"]["p90"] for c in cells),
-            "actions_per_s": statistics.median(c["actions_per_s"] for c in cells),
-        })
+        rows.append(
+            {
+                "objective": objective,
+                "sampler": sampler,
+                "num_steps": steps,
+                "nfe": cells[0]["nfe"],
+                "n_seeds": len(cells),
+                "n_episodes": n,
+                "success_rate": success,
+                "success_sd": success_sd,
+                "success_ci95_pooled": list(wilson_interval(successes, n)),
+                "mean_max_reward": reward,
+                "mean_max_reward_sd": reward_sd,
+                "latency_ms_median": statistics.median(c["latency_ms"]["median"] for c in cells),
+                "latency_ms_p90": statistics.median(c["latency_ms"]["p90"] for c in cells),
+                "actions_per_s": statistics.median(c["actions_per_s"] for c in cells),
+            }
+        )
     return rows
 
 
@@ -159,17 +188,22 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], caption: str) -> str:
     """The study's Markdown table (a caption line, then one row per (objective, sampler, steps))."""
     several = any(r["n_seeds"] > 1 for r in rows)
     spread = " ± sd over seeds" if several else ""
-    lines = [caption, "",
-             f"| objective | sampler | steps | NFE | success{spread} (95% CI) | mean max reward{spread} | "
-             "latency ms / chunk (median / p90) | actions/s |",
-             "|---|---|---:|---:|---|---:|---|---:|"]
+    lines = [
+        caption,
+        "",
+        f"| objective | sampler | steps | NFE | success{spread} (95% CI) | mean max reward{spread} | "
+        "latency ms / chunk (median / p90) | actions/s |",
+        "|---|---|---:|---:|---|---:|---|---:|",
+    ]
     for r in rows:
         low, high = r["success_ci95_pooled"]
         success = f"{r['success_rate']:.2f}" + (f" ± {r['success_sd']:.2f}" if several else "")
         reward = f"{r['mean_max_reward']:.3f}" + (f" ± {r['mean_max_reward_sd']:.3f}" if several else "")
-        lines.append(f"| {r['objective']} | {r['sampler']} | {r['num_steps']} | {r['nfe']} | "
-                     f"{success} ({low:.2f}-{high:.2f}) | {reward} | "
-                     f"{r['latency_ms_median']:.1f} / {r['latency_ms_p90']:.1f} | {r['actions_per_s']:.0f} |")
+        lines.append(
+            f"| {r['objective']} | {r['sampler']} | {r['num_steps']} | {r['nfe']} | "
+            f"{success} ({low:.2f}-{high:.2f}) | {reward} | "
+            f"{r['latency_ms_median']:.1f} / {r['latency_ms_p90']:.1f} | {r['actions_per_s']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -178,13 +212,8 @@ def plot(rows: Sequence[Mapping[str, Any]], title: str, out: Path) -> None:
 
     On the success panel each line is shifted by a few percent in NFE so that overlapping intervals stay readable.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    fig, (ax_success, ax_latency) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))  # no pyplot: no GUI backend, no global figure registry
+    ax_success, ax_latency = fig.subplots(1, 2)
     lines: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in rows:
         lines.setdefault((r["objective"], r["sampler"]), []).append(r)
@@ -194,13 +223,15 @@ def plot(rows: Sequence[Mapping[str, Any]], title: str, out: Path) -> None:
         success = np.array([r["success_rate"] for r in points])
         ci = np.array([r["success_ci95_pooled"] for r in points])
         single = len(points) == 1
-        style = dict(marker="*" if single else "o", markersize=11 if single else 5,
-                     linestyle="--" if objective == "ddpm" else "-",
-                     label=f"{objective} / {sampler}" + (f"-{points[0]['num_steps']}" if single else ""))
+        style = dict(
+            marker="*" if single else "o",
+            markersize=11 if single else 5,
+            linestyle="--" if objective == "ddpm" else "-",
+            label=f"{objective} / {sampler}" + (f"-{points[0]['num_steps']}" if single else ""),
+        )
         dodge = 1.04 ** (k - (len(lines) - 1) / 2)
         yerr = np.clip([success - ci[:, 0], ci[:, 1] - success], 0, None)  # Wilson bounds can miss 0 or 1 by rounding
-        line = ax_success.errorbar(nfe * dodge, success, yerr=yerr, capsize=2,
-                                   elinewidth=0.8, **style)
+        line = ax_success.errorbar(nfe * dodge, success, yerr=yerr, capsize=2, elinewidth=0.8, **style)
         ax_latency.plot(nfe, [r["latency_ms_median"] for r in points], color=line[0].get_color(), **style)
     ticks = sorted({r["nfe"] for r in rows})
     for ax in (ax_success, ax_latency):
@@ -217,11 +248,8 @@ def plot(rows: Sequence[Mapping[str, Any]], title: str, out: Path) -> None:
     ax_latency.set(ylabel="latency per chunk, median (ms)", title=f"{title}: latency")
     ax_success.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def run_study(
@@ -241,10 +269,12 @@ def run_study(
     extra_overrides: Sequence[str] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train both objectives for every seed, evaluate all cells, write steps_<task>.{json,md,png}; returns the payload."""
+    """Train both objectives for every seed, evaluate all cells, write steps_<task>.{json,md,png}; returns them."""
     if train_steps < 1 or episodes < 1 or n_envs < 1 or not seeds or not step_counts or min(step_counts) < 1:
-        raise BenchmarkError(f"--train-steps={train_steps}, --episodes={episodes}, --n-envs={n_envs} and every "
-                              f"--step-counts {list(step_counts)} must be >= 1, with at least one --seeds")
+        raise BenchmarkError(
+            f"--train-steps={train_steps}, --episodes={episodes}, --n-envs={n_envs} and every "
+            f"--step-counts {list(step_counts)} must be >= 1, with at least one --seeds"
+        )
     start = time.perf_counter()
     checkpoints = {}
     for seed in seeds:
@@ -254,30 +284,59 @@ def run_study(
             checkpoints[seed, objective] = train_model(cfg, run_dir, reuse, progress)
     evaluated: dict[tuple[int, str, str, int | None], dict[str, Any]] = {}
     for seed in seeds:
-        order = [(objective, cell) for objective in OBJECTIVES for cell in planned_cells(objective, step_counts, full_chain)]
+        order = [
+            (objective, cell) for objective in OBJECTIVES for cell in planned_cells(objective, step_counts, full_chain)
+        ]
         order.sort(key=lambda item: evaluation_rank(item[1]))
         for objective, (sampler, n) in tqdm(order, desc=f"cells seed {seed}", disable=not progress):
             (evaluated[seed, objective, sampler, n],) = evaluate_model(
-                checkpoints[seed, objective], [(sampler, n)], episodes=episodes, n_envs=n_envs, eval_seed=eval_seed,
-                reuse=reuse, device=resolve_device(cfg.device), progress=progress)
-    runs = [{"objective": objective, "seed": seed, "checkpoint": str(checkpoints[seed, objective]),
-             "cells": [evaluated[(seed, objective, *cell)] for cell in planned_cells(objective, step_counts, full_chain)]}
-            for seed in seeds for objective in OBJECTIVES]
+                checkpoints[seed, objective],
+                [(sampler, n)],
+                episodes=episodes,
+                n_envs=n_envs,
+                eval_seed=eval_seed,
+                reuse=reuse,
+                device=resolve_device(cfg.device),
+                progress=progress,
+            )
+    runs = [
+        {
+            "objective": objective,
+            "seed": seed,
+            "checkpoint": str(checkpoints[seed, objective]),
+            "cells": [
+                evaluated[(seed, objective, *cell)] for cell in planned_cells(objective, step_counts, full_chain)
+            ],
+        }
+        for seed in seeds
+        for objective in OBJECTIVES
+    ]
     rows = aggregate(runs)
     policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
     denoiser = policy_cfg["denoiser"]["_target_"].rsplit(".", 1)[-1] + f" {policy_cfg['denoiser'].get('down_dims', '')}"
-    caption = (f"**{task}**, {obs} observations, {denoiser.strip()}, horizon {policy_cfg['horizon']}, "
-               f"{policy_cfg['n_action_steps']} actions per chunk; {train_steps} training steps (batch "
-               f"{cfg.training.batch_size}) per objective, training seeds {list(seeds)}, {episodes} episodes per cell "
-               f"(seeds {eval_seed}..{eval_seed + episodes - 1}), {resolve_device(cfg.device)}, "
-               f"{torch.get_num_threads()} torch thread(s); latency is per predict_action call, batched over "
-               f"{n_envs} env(s).")
+    caption = (
+        f"**{task}**, {obs} observations, {denoiser.strip()}, horizon {policy_cfg['horizon']}, "
+        f"{policy_cfg['n_action_steps']} actions per chunk; {train_steps} training steps (batch "
+        f"{cfg.training.batch_size}) per objective, training seeds {list(seeds)}, {episodes} episodes per cell "
+        f"(seeds {eval_seed}..{eval_seed + episodes - 1}), {resolve_device(cfg.device)}, "
+        f"{torch.get_num_threads()} torch thread(s); latency is per predict_action call, batched over "
+        f"{n_envs} env(s)."
+    )
     table = markdown_table(rows, caption)
     payload = {
-        "task": task, "obs": obs, "train_steps": train_steps, "seeds": list(seeds), "episodes": episodes,
-        "eval_seed": eval_seed, "n_envs": n_envs, "step_counts": list(step_counts), "extra_overrides": list(extra_overrides),
+        "task": task,
+        "obs": obs,
+        "train_steps": train_steps,
+        "seeds": list(seeds),
+        "episodes": episodes,
+        "eval_seed": eval_seed,
+        "n_envs": n_envs,
+        "step_counts": list(step_counts),
+        "extra_overrides": list(extra_overrides),
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "wall_time_s": time.perf_counter() - start, "rows": rows, "runs": runs,
+        "wall_time_s": time.perf_counter() - start,
+        "rows": rows,
+        "runs": runs,
     }
     out = Path(out)
     write_json(out / f"steps_{task}.json", payload)
@@ -291,18 +350,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="push_t", help="configs/task/<name>.yaml")
     parser.add_argument("--train-steps", type=int, default=3000, help="optimizer steps per model (both objectives)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (one model per objective each)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="training seeds (one model per objective each)"
+    )
     parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per (sampler, steps) cell")
     parser.add_argument("--obs", default="state", choices=["state", "image"], help="policy observations")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where steps_<task>.{json,md,png} go")
-    parser.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "bench_steps", help="run dirs of the models")
+    parser.add_argument(
+        "--work-dir", type=Path, default=ROOT / "outputs" / "bench_steps", help="run dirs of the models"
+    )
     parser.add_argument("--n-envs", type=int, default=1, help="parallel envs per evaluation")
     parser.add_argument("--eval-seed", type=int, default=100000, help="episode i of every cell is reset with this + i")
     parser.add_argument("--step-counts", type=int, nargs="+", default=list(STEP_COUNTS), help="sampler steps to sweep")
-    parser.add_argument("--full-chain", action=argparse.BooleanOptionalAction, default=True,
-                        help="also evaluate DDPM's ancestral sampler over its whole training chain (the costliest cell)")
-    parser.add_argument("--reuse", action="store_true", help="keep finished checkpoints and evaluated cells in --work-dir")
-    parser.add_argument("overrides", nargs="*", help="extra train.py overrides for both objectives, e.g. policy.horizon=8")
+    parser.add_argument(
+        "--full-chain",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also evaluate DDPM's ancestral sampler over its whole training chain (the costliest cell)",
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep finished checkpoints and evaluated cells in --work-dir"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="extra train.py overrides for both objectives, e.g. policy.horizon=8"
+    )
     return parser.parse_args(argv)
 
 
@@ -311,10 +382,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)  # the machine is shared; one core per study
     try:
-        payload = run_study(args.task, train_steps=args.train_steps, seeds=args.seeds, episodes=args.episodes,
-                            obs=args.obs, out=args.out, work_dir=args.work_dir, n_envs=args.n_envs,
-                            eval_seed=args.eval_seed, step_counts=args.step_counts, full_chain=args.full_chain, reuse=args.reuse,
-                            extra_overrides=args.overrides)
+        payload = run_study(
+            args.task,
+            train_steps=args.train_steps,
+            seeds=args.seeds,
+            episodes=args.episodes,
+            obs=args.obs,
+            out=args.out,
+            work_dir=args.work_dir,
+            n_envs=args.n_envs,
+            eval_seed=args.eval_seed,
+            step_counts=args.step_counts,
+            full_chain=args.full_chain,
+            reuse=args.reuse,
+            extra_overrides=args.overrides,
+        )
     except BenchmarkError as exc:
         sys.exit(f"bench_steps.py: error: {exc}")
     except KeyboardInterrupt:

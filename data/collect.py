@@ -24,19 +24,18 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-import envs
 from data.replay_buffer import ReplayBuffer
+from envs import check_env_id
 from envs.experts import make_expert
 
 
 class EpisodeRunner:
     """One env and one expert that run seeded demonstration episodes."""
 
-    def __init__(self, env_id: str, env_kwargs: Mapping[str, Any], max_episode_steps: int, noise_std: float | None) -> None:
-        if env_id not in envs.TASKS and env_id not in envs.METAWORLD_TASKS:
-            raise ValueError(
-                f"unknown task env_id {env_id!r}; choose one of {sorted(envs.TASKS)} or actchunk/MetaWorld-<v3 task name>"
-            )
+    def __init__(
+        self, env_id: str, env_kwargs: Mapping[str, Any], max_episode_steps: int, noise_std: float | None
+    ) -> None:
+        check_env_id(env_id)
         self.env = gymnasium.make(
             env_id, max_episode_steps=max_episode_steps, disable_env_checker=True, **dict(env_kwargs)
         )
@@ -155,8 +154,13 @@ def collect(
         tried_modes: Counter[int] = Counter()
         if n_workers > 1:
             pool = multiprocessing.get_context("spawn").Pool(n_workers, initializer=_init_worker, initargs=runner_args)
-        with tqdm(total=n_episodes, initial=min(existing, n_episodes), desc=f"collect {task_cfg['name']}",
-                  unit="ep", disable=not progress) as bar:
+        with tqdm(
+            total=n_episodes,
+            initial=min(existing, n_episodes),
+            desc=f"collect {task_cfg['name']}",
+            unit="ep",
+            disable=not progress,
+        ) as bar:
             while buffer.n_episodes < n_episodes and attempts < max_attempts:
                 batch_size = min(max_attempts - attempts, max(n_workers, n_episodes - buffer.n_episodes))
                 batch = [next(seeds) for _ in range(batch_size)]
@@ -215,8 +219,14 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry point (configs/collect.yaml): collect, then print the summary table."""
     task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
     summary = collect(
-        task_cfg, cfg.n_episodes, cfg.out, seed=cfg.seed, n_workers=cfg.n_workers,
-        noise_std=cfg.noise_std, keep_failed=cfg.keep_failed, max_attempts=cfg.max_attempts,
+        task_cfg,
+        cfg.n_episodes,
+        cfg.out,
+        seed=cfg.seed,
+        n_workers=cfg.n_workers,
+        noise_std=cfg.noise_std,
+        keep_failed=cfg.keep_failed,
+        max_attempts=cfg.max_attempts,
     )
     print(format_summary(summary))
 

@@ -11,6 +11,7 @@ pinned memory on CUDA).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,8 +49,13 @@ class SequenceDataset(Dataset):
         self.buffer = buffer
         self.obs_keys = list(obs_keys)
         self.action_key = action_key
-        self._cfg = dict(horizon=horizon, n_obs_steps=n_obs_steps, n_action_steps=n_action_steps,
-                         obs_keys=self.obs_keys, action_key=action_key)
+        self._cfg = dict(
+            horizon=horizon,
+            n_obs_steps=n_obs_steps,
+            n_action_steps=n_action_steps,
+            obs_keys=self.obs_keys,
+            action_key=action_key,
+        )
         self._split = dict(val_ratio=val_ratio, max_train_episodes=max_train_episodes, seed=seed)
         train, val = split_episodes(buffer.n_episodes, **self._split)
         self.episode_mask = train if split == "train" else val
@@ -64,7 +70,9 @@ class SequenceDataset(Dataset):
         """Fit a ``Normalizer`` on the training episodes' steps for the keys in ``modes``."""
         ends = self.buffer.episode_ends
         starts = np.concatenate([[0], ends[:-1]])
-        steps = np.concatenate([np.arange(s, e) for s, e, m in zip(starts, ends, self.episode_mask, strict=True) if m] or [[]])
+        steps = np.concatenate(
+            [np.arange(s, e) for s, e, m in zip(starts, ends, self.episode_mask, strict=True) if m] or [[]]
+        )
         steps = steps.astype(np.int64)
         data: dict[str, Any] = {}
         for key, mode in modes.items():
@@ -155,7 +163,12 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
 
 def make_train_loader(
-    dataset: SequenceDataset, *, batch_size: int, seed: int = 0, start_batch: int = 0, num_workers: int = 0,
+    dataset: SequenceDataset,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    start_batch: int = 0,
+    num_workers: int = 0,
     pin_memory: bool | None = None,
 ) -> DataLoader:
     """An endless loader over ``ResumableBatchSampler`` batches starting at batch number ``start_batch``."""
@@ -168,3 +181,12 @@ def make_train_loader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
     )
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What the training loop consumes: train and validation windows and the task's shape_meta."""
+
+    train_set: SequenceDataset
+    val_set: SequenceDataset
+    shape_meta: Mapping[str, Any]  # {"obs": {key: {"shape", "type"}}, "action": {"shape"}}

@@ -100,13 +100,15 @@ class Normalizer(nn.Module):
         """Unnormalize every fitted key of ``batch``; other keys pass through unchanged."""
         return {k: self.unnormalize_key(k, v) if k in self._keys else v for k, v in batch.items()}
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: D401,E501
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         """Create buffers for keys present in ``state_dict`` so a fresh Normalizer can be restored."""
         found: dict[str, dict[str, Tensor]] = {}
         for full_name, value in state_dict.items():
             if not full_name.startswith(prefix):
                 continue
-            name = full_name[len(prefix):]
+            name = full_name[len(prefix) :]
             if "." in name or "__" not in name:
                 continue
             key, stat = name.rsplit("__", 1)
@@ -119,7 +121,9 @@ class Normalizer(nn.Module):
                     error_msgs.append(f"normalizer state for key {key!r} lacks {missing}")
                     continue
                 self._add_key(key, {s: torch.empty_like(stats[s], dtype=torch.float32) for s in _STATS})
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         return f"keys={self._keys}"

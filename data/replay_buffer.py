@@ -22,8 +22,6 @@ rolls the arrays back before it propagates.
 from __future__ import annotations
 
 import functools
-import shutil
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,8 @@ import numpy as np
 import zarr
 import zarr.codecs
 import zarr.storage
+
+from data.atomic import atomic_dir
 
 FORMAT = "actchunk.replay/1"
 COMPRESSORS = ("zstd", "lz4", "lz4hc", "blosclz", "zlib", "none")
@@ -77,10 +77,12 @@ def _safe_cast(key: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
         if value.size == 0 or (value.min() >= info.min and value.max() <= info.max):
             return value.astype(dtype)
         raise ReplayBufferError(
-            f"add_episode: key {key!r} values {value.min()}..{value.max()} do not fit the store's dtype {dtype}")
+            f"add_episode: key {key!r} values {value.min()}..{value.max()} do not fit the store's dtype {dtype}"
+        )
     raise ReplayBufferError(
         f"add_episode: key {key!r} dtype {value.dtype} cannot be cast safely to the store's dtype {dtype}; "
-        f"convert it before add_episode")
+        f"convert it before add_episode"
+    )
 
 
 class ReplayBuffer:
@@ -142,14 +144,11 @@ class ReplayBuffer:
             raise ReplayBufferError(f"{path}: zip stores are read-only here; create a directory store (.zarr)")
         if path.exists() and not overwrite:
             raise ReplayBufferError(
-                f"{path} already exists; open it with ReplayBuffer.open(path, mode='a') or pass overwrite=True")
+                f"{path} already exists; open it with ReplayBuffer.open(path, mode='a') or pass overwrite=True"
+            )
         # Build the empty layout beside the target, then rename: a crash never leaves half a store.
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cls._init_layout(zarr.open_group(str(tmp), mode="w", zarr_format=3), base)
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        tmp.rename(path)
+        with atomic_dir(path, overwrite=True) as tmp:
+            cls._init_layout(zarr.open_group(str(tmp), mode="w", zarr_format=3), base)
         return cls.open(path, mode="a")
 
     @staticmethod
@@ -193,7 +192,8 @@ class ReplayBuffer:
         except numcodecs.errors.UnknownCodecError as exc:
             raise ReplayBufferError(
                 f"{path}: an array uses a codec that is not installed ({exc}); Diffusion Policy's image stores "
-                f"need `pip install imagecodecs`") from None
+                f"need `pip install imagecodecs`"
+            ) from None
         return buf.load_into_memory() if in_memory else buf
 
     def load_into_memory(self) -> "ReplayBuffer":
@@ -223,7 +223,9 @@ class ReplayBuffer:
         where = str(self.path) if self.path is not None else "<memory>"
         ends = np.asarray(self._meta["episode_ends"][:])
         if ends.ndim != 1 or ends.dtype.kind not in "iu":
-            raise ReplayBufferError(f"{where}: meta/episode_ends must be a 1-D integer array, got {ends.dtype} {ends.shape}")
+            raise ReplayBufferError(
+                f"{where}: meta/episode_ends must be a 1-D integer array, got {ends.dtype} {ends.shape}"
+            )
         ends = ends.astype(np.int64)
         appending = bool(self._root.attrs.get(_APPENDING, False))
         bad = np.nonzero(np.diff(np.concatenate([[0], ends])) <= 0)[0]
@@ -232,27 +234,29 @@ class ReplayBuffer:
                 ends = ends[: bad[0]]  # entries of an append that never committed
             else:
                 raise ReplayBufferError(
-                    f"{where}: meta/episode_ends is not strictly increasing (index {bad[0]}: {ends[max(bad[0]-1, 0)]}"
-                    f" -> {ends[bad[0]]}); the store is corrupt")
+                    f"{where}: meta/episode_ends is not strictly increasing (index {bad[0]}: {ends[max(bad[0] - 1, 0)]}"
+                    f" -> {ends[bad[0]]}); the store is corrupt"
+                )
         n = int(ends[-1]) if len(ends) else 0
         for key, arr in self._data.items():
             length = arr.shape[0] if arr.ndim else 0
             if length < n or (length > n and not appending):
                 raise ReplayBufferError(
                     f"{where}: data/{key} has {length} steps but meta/episode_ends ends at {n}; "
-                    f"the store is corrupt (arrays of different length)")
+                    f"the store is corrupt (arrays of different length)"
+                )
         for key, arr in self._meta.items():
             if key != "episode_ends" and arr.shape[0] < len(ends):
                 raise ReplayBufferError(
-                    f"{where}: meta/{key} has {arr.shape[0]} entries for {len(ends)} episodes; the store is corrupt")
+                    f"{where}: meta/{key} has {arr.shape[0]} entries for {len(ends)} episodes; the store is corrupt"
+                )
         return ends
 
     def _has_uncommitted_tail(self) -> bool:
         """True if an interrupted append left data beyond the last committed episode."""
         n = self.n_steps
         e = len(self._ends)
-        return any(a.shape[0] > n for a in self._data.values()) or any(
-            a.shape[0] > e for a in self._meta.values())
+        return any(a.shape[0] > n for a in self._data.values()) or any(a.shape[0] > e for a in self._meta.values())
 
     def _truncate(self, n_steps: int, n_episodes: int) -> None:
         """Shrink every array back to the committed length."""
@@ -346,7 +350,8 @@ class ReplayBuffer:
         if not self._writable:
             raise ReplayBufferError(
                 f"{self.path or '<memory>'}: read-only (opened with mode='r' or loaded into memory); "
-                f"open with mode='a' to write")
+                f"open with mode='a' to write"
+            )
 
     def _chunk_len(self, shape: tuple[int, ...], itemsize: int) -> int:
         """Time steps per chunk so a chunk holds about ``chunk_bytes``."""
@@ -364,7 +369,8 @@ class ReplayBuffer:
             if missing or extra:
                 raise ReplayBufferError(
                     f"add_episode: keys differ from the store (missing {missing}, extra {extra}); "
-                    f"pass exactly {sorted(self._data)}")
+                    f"pass exactly {sorted(self._data)}"
+                )
         lengths = {k: (a.shape[0] if a.ndim else -1) for k, a in arrays.items()}
         if any(n < 0 for n in lengths.values()):
             raise ReplayBufferError(f"add_episode: scalar values are not time series: {lengths}")
@@ -380,13 +386,16 @@ class ReplayBuffer:
                 arr = self._data[key]
                 if value.shape[1:] != arr.shape[1:]:
                     raise ReplayBufferError(
-                        f"add_episode: key {key!r} has per-step shape {value.shape[1:]}, the store has {arr.shape[1:]}")
+                        f"add_episode: key {key!r} has per-step shape {value.shape[1:]}, the store has {arr.shape[1:]}"
+                    )
                 value = _safe_cast(key, value, np.dtype(arr.dtype))
             elif value.dtype == np.float64:
                 value = value.astype(np.float32)  # the data format stores floats as float32
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 bad = int(np.argwhere(~np.isfinite(value))[0][0])
-                raise ReplayBufferError(f"add_episode: key {key!r} has NaN/inf (first at step {bad}); clean the episode")
+                raise ReplayBufferError(
+                    f"add_episode: key {key!r} has NaN/inf (first at step {bad}); clean the episode"
+                )
             out[key] = np.ascontiguousarray(value)
         return out
 
@@ -403,7 +412,8 @@ class ReplayBuffer:
         known_meta = set(self.meta_keys())
         if known_meta and self.n_episodes and set(meta) != known_meta:
             raise ReplayBufferError(
-                f"add_episode: meta keys {sorted(meta)} differ from the store's {sorted(known_meta)}")
+                f"add_episode: meta keys {sorted(meta)} differ from the store's {sorted(known_meta)}"
+            )
         n0, e0 = self.n_steps, self.n_episodes
         t = next(iter(arrays.values())).shape[0]
         self._root.attrs.update({_APPENDING: True})
@@ -411,20 +421,29 @@ class ReplayBuffer:
             for key, value in arrays.items():
                 if key not in self._data:
                     self._data[key] = self._root["data"].create_array(
-                        key, shape=(0, *value.shape[1:]), dtype=value.dtype,
+                        key,
+                        shape=(0, *value.shape[1:]),
+                        dtype=value.dtype,
                         chunks=(self._chunk_len(value.shape, value.itemsize), *value.shape[1:]),
-                        compressors=_blosc(self._compressor, self._clevel, value.itemsize, self._root.metadata.zarr_format),
-                        fill_value=0)
+                        compressors=_blosc(
+                            self._compressor, self._clevel, value.itemsize, self._root.metadata.zarr_format
+                        ),
+                        fill_value=0,
+                    )
                 arr = self._data[key]
                 arr.resize((n0 + t, *arr.shape[1:]))
-                arr[n0:n0 + t] = value
+                arr[n0 : n0 + t] = value
             for name, value in meta.items():
                 value = np.asarray(value)
                 if name not in self._meta:
                     is_str = value.dtype.kind == "U"
                     self._meta[name] = self._root["meta"].create_array(
-                        name, shape=(e0,), chunks=(4096,), dtype=str if is_str else value.dtype,
-                        fill_value="" if is_str else 0)
+                        name,
+                        shape=(e0,),
+                        chunks=(4096,),
+                        dtype=str if is_str else value.dtype,
+                        fill_value="" if is_str else 0,
+                    )
                 arr = self._meta[name]
                 arr.resize((e0 + 1,))
                 arr[e0] = value
@@ -452,5 +471,6 @@ class ReplayBuffer:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"ReplayBuffer(path={self.path}, n_episodes={self.n_episodes}, n_steps={self.n_steps}, keys={self.keys()})"
-
+        return (
+            f"ReplayBuffer(path={self.path}, n_episodes={self.n_episodes}, n_steps={self.n_steps}, keys={self.keys()})"
+        )

@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
 import sys
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -39,6 +36,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from data.atomic import atomic_dir, atomic_path
 from data.replay_buffer import ReplayBuffer, ReplayBufferError
 from data.sampler import split_episodes
 
@@ -49,22 +47,10 @@ class RobomimicFormatError(ValueError):
     """An hdf5 file that does not follow robomimic's layout."""
 
 
-def _tmp_sibling(path: Path) -> Path:
-    """A unique temporary path next to ``path`` (same filesystem, so rename is atomic)."""
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-
-
 def _check_output(path: Path, overwrite: bool) -> None:
     """Refuse to clobber an existing output unless asked."""
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move ``tmp`` onto ``out``, removing an old ``out`` first."""
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    os.replace(tmp, out)
 
 
 def _sorted_demos(names: Sequence[str], where: str) -> list[str]:
@@ -96,13 +82,14 @@ def import_hdf5(
     with f:
         if "data" not in f:
             raise RobomimicFormatError(f"{hdf5_path}: missing group 'data'; not a robomimic dataset")
-        masks = {k: {n.decode() if isinstance(n, bytes) else str(n) for n in f[f"mask/{k}"][:]}
-                 for k in (f["mask"].keys() if "mask" in f else [])}
+        masks = {
+            k: {n.decode() if isinstance(n, bytes) else str(n) for n in f[f"mask/{k}"][:]}
+            for k in (f["mask"].keys() if "mask" in f else [])
+        }
         demos = _sorted_demos(list(f["data"].keys()), f"{hdf5_path}:data")
         if filter_key is not None:
             if filter_key not in masks:
-                raise RobomimicFormatError(
-                    f"{hdf5_path}: no filter key mask/{filter_key}; available: {sorted(masks)}")
+                raise RobomimicFormatError(f"{hdf5_path}: no filter key mask/{filter_key}; available: {sorted(masks)}")
             demos = [d for d in demos if d in masks[filter_key]]
         if not demos:
             raise RobomimicFormatError(f"{hdf5_path}: no demos to import")
@@ -113,16 +100,11 @@ def import_hdf5(
         env_args = f["data"].attrs.get("env_args", "{}")
         store_attrs = {"source": str(hdf5_path), "obs_keys": list(mapping), "robomimic_env_args": str(env_args)}
         store_attrs.update(dict(attrs or {}))
-        tmp = _tmp_sibling(zarr_path)
-        try:
+        with atomic_dir(zarr_path, overwrite=True) as tmp:
             buf = ReplayBuffer.create(tmp, attrs=store_attrs)
             for name in tqdm(demos, desc=f"import {hdf5_path.name}", unit="demo"):
                 buf.add_episode(_read_demo(f, name, mapping), _demo_meta(name, masks))
             buf.close()
-            _replace(tmp, zarr_path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return ReplayBuffer.open(zarr_path)
 
 
@@ -137,7 +119,8 @@ def _read_demo(f: h5py.File, name: str, mapping: Mapping[str, list[str]]) -> dic
         for key in theirs:
             if f"obs/{key}" not in grp:
                 raise RobomimicFormatError(
-                    f"{f.filename}: data/{name}/obs has no key {key!r}; available: {sorted(grp['obs'].keys())}")
+                    f"{f.filename}: data/{name}/obs has no key {key!r}; available: {sorted(grp['obs'].keys())}"
+                )
             parts.append(np.asarray(grp[f"obs/{key}"][:]))
         if len(parts) == 1:
             episode[ours] = parts[0]
@@ -172,9 +155,8 @@ def export_hdf5(
     obs_keys = [k for k in buf.keys() if k not in (action_key, "reward")]
     task = buf.attrs.get("task", "unknown")
     args = dict(env_args or {"env_name": str(task), "type": 0, "env_kwargs": {}})
-    tmp = _tmp_sibling(hdf5_path)
     try:
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(hdf5_path) as tmp, h5py.File(tmp, "w") as f:
             data = f.create_group("data")
             total = 0
             for i in tqdm(range(buf.n_episodes), desc=f"export {Path(zarr_path).name}", unit="demo"):
@@ -197,11 +179,9 @@ def export_hdf5(
             if val_ratio > 0:
                 train, val = split_episodes(buf.n_episodes, val_ratio=val_ratio, seed=seed)
                 for name, mask in (("train", train), ("valid", val)):
-                    f.create_dataset(f"mask/{name}", data=np.array([f"demo_{i}" for i in np.flatnonzero(mask)], dtype="S"))
-        _replace(tmp, hdf5_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+                    f.create_dataset(
+                        f"mask/{name}", data=np.array([f"demo_{i}" for i in np.flatnonzero(mask)], dtype="S")
+                    )
     finally:
         buf.close()
     return hdf5_path
@@ -227,20 +207,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     imp = sub.add_parser("import", help="robomimic hdf5 -> zarr store")
     imp.add_argument("src", help="input .hdf5")
     imp.add_argument("dst", help="output .zarr directory")
-    imp.add_argument("--key", action="append", default=[], help="OURS=THEIRS[,THEIRS...] (repeatable); default: keep all obs keys")
+    imp.add_argument(
+        "--key", action="append", default=[], help="OURS=THEIRS[,THEIRS...] (repeatable); default: keep all obs keys"
+    )
     imp.add_argument("--filter", default=None, help="import only the demos of mask/<filter>")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     exp = sub.add_parser("export", help="zarr store -> robomimic hdf5")
     exp.add_argument("src", help="input .zarr store")
     exp.add_argument("dst", help="output .hdf5")
-    exp.add_argument("--val-ratio", type=float, default=0.0, help="write mask/train and mask/valid with this share held out")
+    exp.add_argument(
+        "--val-ratio", type=float, default=0.0, help="write mask/train and mask/valid with this share held out"
+    )
     exp.add_argument("--seed", type=int, default=0, help="seed of the train/valid split")
     exp.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "import":
-            buf = import_hdf5(args.src, args.dst, key_map=_parse_key_map(args.key), filter_key=args.filter,
-                              overwrite=args.overwrite)
+            buf = import_hdf5(
+                args.src, args.dst, key_map=_parse_key_map(args.key), filter_key=args.filter, overwrite=args.overwrite
+            )
             print(buf.summary())
         else:
             out = export_hdf5(args.src, args.dst, val_ratio=args.val_ratio, seed=args.seed, overwrite=args.overwrite)

@@ -72,7 +72,9 @@ class SequenceSampler:
             raise ValueError(f"n_obs_steps must be in [1, horizon={horizon}], got {n_obs_steps}")
         if n_action_steps < 1 or n_obs_steps - 1 + n_action_steps > horizon:
             raise ValueError(
-                f"n_action_steps={n_action_steps} does not fit: n_obs_steps - 1 + n_action_steps must be <= horizon={horizon}")
+                f"n_action_steps={n_action_steps} does not fit: "
+                f"n_obs_steps - 1 + n_action_steps must be <= horizon={horizon}"
+            )
         self.horizon = horizon
         self.n_obs_steps = n_obs_steps
         self.pad_before = n_obs_steps - 1 if pad_before is None else pad_before

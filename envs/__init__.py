@@ -38,3 +38,12 @@ for _env_id, _task_name in METAWORLD_TASKS.items():
             max_episode_steps=METAWORLD_MAX_EPISODE_STEPS,
             kwargs={"task_name": _task_name},
         )
+
+
+def check_env_id(env_id: str) -> None:
+    """ValueError naming the valid ids unless ``env_id`` is one of our tasks or a MetaWorld v3 task."""
+    if env_id not in TASKS and env_id not in METAWORLD_TASKS:
+        raise ValueError(
+            f"unknown env id {env_id!r} (a task's env_id); "
+            f"choose one of {sorted(TASKS)} or actchunk/MetaWorld-<v3 task name>"
+        )

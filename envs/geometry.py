@@ -75,7 +75,7 @@ def _clip(subject: Points, clip: Points) -> Points:
 
 
 def _points(poly: np.ndarray) -> Points:
-    """(N, 2) array -> list of float pairs (plain floats keep the tiny loops ~10x faster than numpy)."""
+    """(N, 2) array -> list of float pairs (plain floats keep the tiny loops faster than numpy)."""
     return [(float(x), float(y)) for x, y in poly]
 
 

@@ -18,7 +18,9 @@ from envs.mujoco_env import MujocoTaskEnv
 class PlanarPushEnv(MujocoTaskEnv):
     """Pusher-and-block task: action = pusher (x, y) target; agent_pos = pusher; state = pusher, block pose."""
 
-    def __init__(self, xml: str, *, workspace: float, image_size: int = 96, render_size: int = 256, **kwargs: Any) -> None:
+    def __init__(
+        self, xml: str, *, workspace: float, image_size: int = 96, render_size: int = 256, **kwargs: Any
+    ) -> None:
         self.action_space = spaces.Box(-workspace, workspace, (2,), np.float32)
         self.workspace = workspace
         kwargs = {"obs_camera": "top", "frame_skip": 10, **kwargs}

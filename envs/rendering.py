@@ -7,12 +7,10 @@ reused for every frame. Render speed settings (no shadows, no multisampling) bel
 
 from __future__ import annotations
 
+import mujoco
+import numpy as np
+
 from envs.gl import select_gl_backend
-
-select_gl_backend()
-
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
 
 
 class OffscreenRenderers:

@@ -6,7 +6,7 @@ that opening a file never runs code from it:
     format, version       "actchunk.checkpoint", FORMAT_VERSION
     step                  optimizer steps taken
     config                the resolved training config as a YAML string
-    build                 {"policy", "objective", "sampler", "shape_meta"}: what ``build_policy`` needs
+    build                 {"policy", "objective", "sampler", "shape_meta"}: what ``ChunkPolicy.from_config`` needs
     model, ema            state_dicts of the policy and of its EMA copy (ema may be None)
     ema_n_averaged        updates the EMA has averaged (its decay warmup resumes from there)
     optimizer, scheduler  state_dicts
@@ -14,15 +14,14 @@ that opening a file never runs code from it:
     data                  the data order's position ({"batch": batches consumed})
     metrics               the latest validation/rollout numbers (floats)
 
-Files are written to a temporary path in the same directory and renamed, so a crash never leaves a
-half-written checkpoint under the final name.
+Files are written through ``data.atomic`` (temporary path in the same directory, fsync, rename), so a
+crash never leaves a half-written checkpoint under the final name. This module is file I/O only:
+``ChunkPolicy.from_checkpoint`` builds the policy a loaded checkpoint describes.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Any
 
 import torch
 import yaml
+
+from data.atomic import atomic_path
 
 FORMAT = "actchunk.checkpoint"
 FORMAT_VERSION = 1
@@ -42,19 +43,9 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     """Write ``state`` (plus format and version) to ``path`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": FORMAT_VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -71,10 +62,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); use another checkpoint, e.g. latest.ckpt"
+            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); "
+            "use another checkpoint, e.g. latest.ckpt"
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an actchunk checkpoint (no format={FORMAT!r}); was it written by train.py?")
+        raise CheckpointError(
+            f"{path} is not an actchunk checkpoint (no format={FORMAT!r}); was it written by train.py?"
+        )
     if ckpt.get("version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {ckpt.get('version')}, this actchunk reads version "
@@ -83,6 +77,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [key for key in ("step", "config", "build", "model") if key not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}; it is incomplete, use another checkpoint")
+    missing = [key for key in BUILD_KEYS if key not in ckpt["build"]]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} lacks build entries {missing}; it is incomplete, use another checkpoint"
+        )
     return ckpt
 
 
@@ -109,21 +108,3 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if torch.cuda.is_available() and state.get("cuda"):
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def policy_from_checkpoint(ckpt: Mapping[str, Any], *, use_ema: bool = True, path: str | Path = "checkpoint") -> Any:
-    """Rebuild the ChunkPolicy a loaded checkpoint describes, with its EMA (or raw) weights, in eval mode."""
-    from policy.factory import build_policy  # factory imports chunk_policy, which imports this module lazily
-
-    build = ckpt["build"]
-    missing = [key for key in BUILD_KEYS if key not in build]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks build entries {missing}; it is incomplete, use another checkpoint")
-    policy = build_policy(build["policy"], build["objective"], build["sampler"], build["shape_meta"])
-    weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
-    try:
-        policy.load_state_dict(weights)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise CheckpointError(f"checkpoint {path} weights do not fit the model its config builds: {first}") from exc
-    return policy.eval()

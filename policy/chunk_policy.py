@@ -7,17 +7,17 @@ once, binds the conditioning once (denoisers precompute their observation-only w
 ``bind``), draws the noise with the caller's generator on the model's device, runs the sampler
 and unnormalizes. Train/eval mode is the caller's (``policy.eval()`` selects centre crops).
 
-``compile_denoiser`` wraps the bound denoiser in ``torch.compile`` at inference only. On a 2-core
-CPU the first call compiles for 15-50 s, and for ConditionalUnet1D the result is slower than its
-eager small-batch CPU plan (policy.unet_cpu_inference; 1.7 vs 1.3 ms per [64, 128, 256] step at
-batch 1), because compile traces the module path; training steps under compile were slower on CPU
-too, so training stays eager. The default is off; turn it on for GPUs.
+``compile_denoiser`` wraps the bound denoiser in ``torch.compile`` at inference only. On CPU the
+first call compiles for tens of seconds and ConditionalUnet1D's compiled module path is slower than
+its eager small-batch CPU plan (policy.unet_cpu_inference), so the default is off; turn it on for GPUs.
 
 ``denoiser_dtype="bfloat16"`` runs the denoiser on a bfloat16 copy at inference (re-cast only
 when the weights change); noise, sampler arithmetic and unnormalization stay in the model's
-dtype. At batch 1 on this CPU the UNet [256, 512, 1024] step is memory-bound on its 254 MB of
-fp32 weights and runs 1.6x faster in bfloat16 (7.5 -> 4.6 ms, about 1.5% output error); the
-[64, 128, 256] UNet is slower in bfloat16 (1.5 vs 1.3 ms), so the default is the model's own dtype.
+dtype. It pays off where a large denoiser is bound by reading its weights (batch 1, big UNet);
+small ones gain nothing, so the default is the model's own dtype.
+
+Construction: ``from_config`` (hydra config groups + shape_meta, via ``policy.factory``) and
+``from_checkpoint`` (a checkpoint file alone, read by ``policy.checkpoint``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from data.normalizer import Normalizer
-from policy.regression import Regression
+from policy.checkpoint import load_checkpoint
+from policy.factory import build_parts, load_weights, parts_from_checkpoint
 from policy.samplers import check_compatible
 
 # Reduced-precision copies the denoiser can run in at inference (weights are read once per step:
@@ -47,20 +48,9 @@ class Denoiser(Protocol):
         ...
 
 
-def check_sampler(sampler: Any, objective: Any) -> None:
-    """ValueError unless ``sampler`` can sample from a model trained with ``objective``."""
-    kind = getattr(objective, "kind", None)
-    if kind in getattr(sampler, "compatible_objectives", ()):
-        return
-    if kind == Regression.kind:
-        raise ValueError(
-            f"sampler '{getattr(sampler, 'name', sampler)}' cannot run a Regression model; "
-            "use policy.regression.RegressionSampler"
-        )
-    check_compatible(sampler, objective)
-
-
-def _with_io_dtype(denoise: Callable[[Tensor, Tensor], Tensor], dtype: torch.dtype) -> Callable[[Tensor, Tensor], Tensor]:
+def _with_io_dtype(
+    denoise: Callable[[Tensor, Tensor], Tensor], dtype: torch.dtype
+) -> Callable[[Tensor, Tensor], Tensor]:
     """Wrap a bound denoiser so it sees x in ``dtype`` and returns the caller's dtype (t is left as given)."""
 
     def wrapped(x: Tensor, t: Tensor) -> Tensor:
@@ -93,10 +83,14 @@ class ChunkPolicy(nn.Module):
                 f"got horizon={horizon}, n_obs_steps={n_obs_steps}, n_action_steps={n_action_steps}"
             )
         if not callable(getattr(denoiser, "bind", None)):
-            raise ValueError(f"{type(denoiser).__name__} lacks bind(cond); denoisers must follow policy.chunk_policy.Denoiser")
+            raise ValueError(
+                f"{type(denoiser).__name__} lacks bind(cond); denoisers must follow policy.chunk_policy.Denoiser"
+            )
         if denoiser_dtype is not None and denoiser_dtype not in DENOISER_DTYPES:
-            raise ValueError(f"denoiser_dtype {denoiser_dtype!r} is unknown; use null or one of {sorted(DENOISER_DTYPES)}")
-        check_sampler(sampler, objective)
+            raise ValueError(
+                f"denoiser_dtype {denoiser_dtype!r} is unknown; use null or one of {sorted(DENOISER_DTYPES)}"
+            )
+        check_compatible(sampler, objective)
         self.encoder = encoder
         self.denoiser = denoiser
         self.objective = objective
@@ -113,13 +107,33 @@ class ChunkPolicy(nn.Module):
         self.normalizer = Normalizer()
 
     @classmethod
-    def from_checkpoint(
-        cls, path: str | Path, *, use_ema: bool = True, map_location: str | torch.device = "cpu"
+    def from_config(
+        cls,
+        policy_cfg: Mapping[str, Any],
+        objective_cfg: Mapping[str, Any],
+        sampler_cfg: Mapping[str, Any],
+        shape_meta: Mapping[str, Any],
     ) -> ChunkPolicy:
-        """Load a policy from a checkpoint file alone (no config files needed), in eval mode."""
-        from policy.checkpoint import load_checkpoint, policy_from_checkpoint  # checkpoint -> factory -> this module
+        """Build a policy from the config groups policy/, objective/, sampler/ and the task's shape_meta."""
+        return cls(**build_parts(policy_cfg, objective_cfg, sampler_cfg, shape_meta))
 
-        return policy_from_checkpoint(load_checkpoint(path, map_location), use_ema=use_ema, path=path)
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        use_ema: bool = True,
+        map_location: str | torch.device = "cpu",
+        loaded: Mapping[str, Any] | None = None,
+    ) -> ChunkPolicy:
+        """Load a policy from a checkpoint file alone (no config files needed), in eval mode.
+
+        ``loaded`` is the file's content when the caller has already read it with ``load_checkpoint``.
+        """
+        ckpt = load_checkpoint(path, map_location) if loaded is None else loaded
+        policy = cls(**parts_from_checkpoint(ckpt))
+        load_weights(policy, ckpt, use_ema=use_ema, path=path)
+        return policy.eval()
 
     @property
     def device(self) -> torch.device:
@@ -168,12 +182,15 @@ class ChunkPolicy(nn.Module):
     ) -> dict[str, Tensor]:
         """Sample chunks: {"action": (B, n_action_steps, Da), "action_pred": (B, horizon, Da)}, unnormalized."""
         sampler = self.sampler if sampler is None else sampler
-        check_sampler(sampler, self.objective)
+        check_compatible(sampler, self.objective)
         denoiser = self._inference_denoiser()
         with torch.inference_mode():
             cond = self.encode(obs)  # (B, To, Dc)
             noise = torch.randn(
-                (cond.shape[0], self.horizon, self.action_dim), generator=generator, device=cond.device, dtype=cond.dtype
+                (cond.shape[0], self.horizon, self.action_dim),
+                generator=generator,
+                device=cond.device,
+                dtype=cond.dtype,
             )
             if self.denoiser_dtype is None:
                 denoise = denoiser.bind(cond)

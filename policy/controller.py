@@ -98,7 +98,7 @@ class RecedingHorizonController:
             history[fresh] = value[fresh, None]
 
     def _predict(self, envs: np.ndarray) -> np.ndarray:
-        """Plan for the envs with indices ``envs`` (n,) in one call; returns their action chunks (n, n_action_steps, Da)."""
+        """Plan for the envs with indices ``envs`` (n,) in one call; returns their chunks (n, n_action_steps, Da)."""
         device = self.policy.device
         non_blocking = device.type == "cuda"
         batch = {
@@ -106,7 +106,9 @@ class RecedingHorizonController:
             for key in self.obs_keys
         }  # key -> (n, To, ...), uint8 images stay uint8
         start = time.perf_counter()
-        out = self.policy.predict_action(batch, sampler=self.sampler, num_steps=self.num_steps, generator=self.generator)
+        out = self.policy.predict_action(
+            batch, sampler=self.sampler, num_steps=self.num_steps, generator=self.generator
+        )
         chunk = out["action"].float().cpu().numpy()  # (n, n_action_steps, Da); .cpu() waits for the device
         self.latencies.append(time.perf_counter() - start)
         return chunk

@@ -61,7 +61,9 @@ class EMA(AveragedModel):
 
     def decay(self, num_averaged: int) -> float:
         """Decay of the update that follows ``num_averaged`` earlier updates."""
-        return ema_decay(num_averaged, self.power, self.inv_gamma, self.min_value, self.max_value, self.update_after_step)
+        return ema_decay(
+            num_averaged, self.power, self.inv_gamma, self.min_value, self.max_value, self.update_after_step
+        )
 
     def update_parameters(self, model: nn.Module) -> None:
         """Average ``model`` into the EMA copy; ValueError if its parameters/buffers differ in structure."""

@@ -1,32 +1,35 @@
-"""Build a ChunkPolicy from the hydra config groups policy/, objective/ and sampler/.
+"""Turn the hydra config groups policy/, objective/ and sampler/ (or a loaded checkpoint) into a policy's parts.
 
 ``shape_meta`` is the task's description of its data:
 ``{"obs": {key: {"shape": [...], "type": "rgb" | "low_dim"}}, "action": {"shape": [Da]}}``
 (rgb shapes (H, W, 3) as stored). The encoder is built first; the denoiser then receives the
 sizes only known at build time: action_dim, cond_dim (the encoder's output_dim), n_obs_steps
-and horizon.
+and horizon. The parts are ChunkPolicy's constructor arguments: ``ChunkPolicy.from_config`` and
+``ChunkPolicy.from_checkpoint`` assemble them, so this module never imports ChunkPolicy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from policy.chunk_policy import ChunkPolicy
+from policy.checkpoint import CheckpointError
 
 POLICY_KEYS = ("horizon", "n_obs_steps", "n_action_steps", "encoder", "denoiser")
 
 
-def build_policy(
+def build_parts(
     policy_cfg: DictConfig | Mapping[str, Any],
     objective_cfg: DictConfig | Mapping[str, Any],
     sampler_cfg: DictConfig | Mapping[str, Any],
     shape_meta: DictConfig | Mapping[str, Any],
-) -> ChunkPolicy:
-    """Instantiate encoder, denoiser, objective and sampler and assemble the ChunkPolicy."""
+) -> dict[str, Any]:
+    """Instantiate encoder, denoiser, objective and sampler; returns ChunkPolicy's keyword arguments."""
     policy_cfg = OmegaConf.create(policy_cfg) if not isinstance(policy_cfg, DictConfig) else policy_cfg
     missing = [k for k in POLICY_KEYS if k not in policy_cfg]
     if missing:
@@ -44,16 +47,32 @@ def build_policy(
         horizon=policy_cfg.horizon,
         _convert_="all",
     )
-    return ChunkPolicy(
-        encoder=encoder,
-        denoiser=denoiser,
-        objective=instantiate(objective_cfg),
-        sampler=instantiate(sampler_cfg),
-        horizon=policy_cfg.horizon,
-        n_obs_steps=policy_cfg.n_obs_steps,
-        n_action_steps=policy_cfg.n_action_steps,
-        action_dim=action_dim,
-        shape_meta=meta["obs"],
-        compile_denoiser=policy_cfg.get("compile_denoiser", False),
-        denoiser_dtype=policy_cfg.get("denoiser_dtype"),
-    )
+    return {
+        "encoder": encoder,
+        "denoiser": denoiser,
+        "objective": instantiate(objective_cfg),
+        "sampler": instantiate(sampler_cfg),
+        "horizon": policy_cfg.horizon,
+        "n_obs_steps": policy_cfg.n_obs_steps,
+        "n_action_steps": policy_cfg.n_action_steps,
+        "action_dim": action_dim,
+        "shape_meta": meta["obs"],
+        "compile_denoiser": policy_cfg.get("compile_denoiser", False),
+        "denoiser_dtype": policy_cfg.get("denoiser_dtype"),
+    }
+
+
+def parts_from_checkpoint(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """ChunkPolicy's keyword arguments for the model a loaded checkpoint (``load_checkpoint``) describes."""
+    build = ckpt["build"]
+    return build_parts(build["policy"], build["objective"], build["sampler"], build["shape_meta"])
+
+
+def load_weights(module: nn.Module, ckpt: Mapping[str, Any], *, use_ema: bool, path: str | Path) -> None:
+    """Load the checkpoint's EMA (if use_ema and present) or raw weights; CheckpointError if they do not fit."""
+    weights = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise CheckpointError(f"checkpoint {path} weights do not fit the model its config builds: {first}") from exc

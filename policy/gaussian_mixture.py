@@ -23,7 +23,7 @@ from policy.objectives import DDPM, FlowMatching
 
 
 def stratified_normal(n: int) -> Tensor:
-    """N(0, 1) quantiles at (i + 1/2) / n, float64 (n, 1, 1): sampler input noise without Monte Carlo error in its law."""
+    """N(0, 1) quantiles at (i + 1/2) / n, float64 (n, 1, 1): sampler input noise free of Monte Carlo error."""
     u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
     return (math.sqrt(2) * torch.erfinv(2 * u - 1)).reshape(n, 1, 1)
 
@@ -47,7 +47,9 @@ class GaussianMixture:
 
     def _params(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """(weights, means, stds) as float64 tensors (K,) on device."""
-        params = torch.tensor([list(self.weights), list(self.means), list(self.stds)], dtype=torch.float64, device=device)
+        params = torch.tensor(
+            [list(self.weights), list(self.means), list(self.stds)], dtype=torch.float64, device=device
+        )
         return params[0], params[1], params[2]
 
     def mean(self) -> float:

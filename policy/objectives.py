@@ -1,4 +1,4 @@
-"""Training objectives for action-chunk denoisers: the DDPM noise process and flow matching.
+"""Training objectives for action-chunk denoisers: the DDPM noise process, flow matching, MSE regression.
 
 Conventions (shared with policy/samplers.py):
 
@@ -15,6 +15,11 @@ Flow matching, linear (rectified-flow) path:
     target velocity u = dx_t/dt = noise - x_0; sampling integrates dx/dt = v(x, t) from t=1 down to t=0;
     the denoiser sees t_model = t * time_scale (time_scale=100 gives a backbone the range DDPM-100 gives it).
 
+Regression, the control for the multimodality test: the same backbone trained with MSE to output the
+chunk directly (called with a zero input at t = 0, so any denoiser serves as a plain regression head). With
+one observation and two demonstrated trajectories its minimizer is their average, which a generative
+objective avoids.
+
 Written by hand because the schedules are a few lines of float64 arithmetic that the tests pin to diffusers;
 owning them keeps diffusers a test-only dependency and lets the samplers precompute device tables. Beta time
 sampling draws Gamma variates with torch._standard_gamma because torch.distributions.Beta ignores
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -48,7 +54,9 @@ def _check_choice(what: str, value: str, valid: tuple[str, ...]) -> None:
 def _check_x0(x0: Tensor) -> None:
     """Raise ValueError unless x0 is a floating-point batch with at least one sample."""
     if not x0.is_floating_point() or x0.ndim < 1 or x0.shape[0] == 0:
-        raise ValueError(f"x0 must be a non-empty float tensor (B, T, D); got dtype {x0.dtype}, shape {tuple(x0.shape)}")
+        raise ValueError(
+            f"x0 must be a non-empty float tensor (B, T, D); got dtype {x0.dtype}, shape {tuple(x0.shape)}"
+        )
 
 
 def _per_sample(values: Tensor, like: Tensor) -> Tensor:
@@ -68,6 +76,7 @@ class DDPM:
     """Discrete-time DDPM noise process (alphas_cumprod table) and its training loss."""
 
     kind: ClassVar[str] = "ddpm"
+    trained_as: ClassVar[str] = "a DDPM-trained model"
 
     num_train_steps: int = 100  # T: number of discrete noise levels
     beta_schedule: str = "squaredcos_cap_v2"  # "linear" or "squaredcos_cap_v2"
@@ -82,7 +91,11 @@ class DDPM:
 
     def __post_init__(self) -> None:
         """Validate the settings and build the float64 beta / alphas_cumprod tables."""
-        if isinstance(self.num_train_steps, bool) or not isinstance(self.num_train_steps, int) or self.num_train_steps < 1:
+        if (
+            isinstance(self.num_train_steps, bool)
+            or not isinstance(self.num_train_steps, int)
+            or self.num_train_steps < 1
+        ):
             raise ValueError(f"num_train_steps must be an int >= 1; got {self.num_train_steps!r}")
         _check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
         _check_choice("prediction", self.prediction, PREDICTIONS)
@@ -167,6 +180,7 @@ class FlowMatching:
     """Linear path x_t = (1 - t) x0 + t * noise (t=0 data, t=1 noise), velocity target noise - x0."""
 
     kind: ClassVar[str] = "flow"
+    trained_as: ClassVar[str] = "a flow-matching-trained model"
 
     time_sampling: str = "uniform"  # training-time distribution of t: "uniform", "logit_normal" or "beta" (pi0)
     logit_normal_mean: float = 0.0  # logit_normal: t = sigmoid(N(mean, std))
@@ -225,3 +239,26 @@ class FlowMatching:
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)  # (B, T, D)
         prediction = denoiser(self.interpolate(x0, noise, t), t * self.time_scale)  # (B, T, D)
         return torch.nn.functional.mse_loss(prediction, self.target(x0, noise))
+
+
+def regress(denoiser: Callable[[Tensor, Tensor], Tensor], like: Tensor) -> Tensor:
+    """The chunk the denoiser predicts from a zero input at t = 0, shaped like ``like`` (B, T, D)."""
+    return denoiser(torch.zeros_like(like), torch.zeros(like.shape[0], device=like.device, dtype=like.dtype))
+
+
+@dataclass(frozen=True)
+class Regression:
+    """Objective: MSE between the denoiser's output (zero input, t = 0) and the normalized chunk."""
+
+    kind: ClassVar[str] = "regression"
+    trained_as: ClassVar[str] = "a regression model"
+
+    def loss(
+        self, denoiser: Callable[[Tensor, Tensor], Tensor], x0: Tensor, *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Scalar MSE; x0 (B, T, D) normalized actions. ``generator`` is unused (no noise is drawn)."""
+        return F.mse_loss(regress(denoiser, x0), x0)
+
+
+# objective kind -> class; samplers declare the kind they sample (policy.samplers.check_compatible)
+OBJECTIVES: dict[str, type] = {cls.kind: cls for cls in (DDPM, FlowMatching, Regression)}

@@ -154,8 +154,7 @@ class ObsEncoder(nn.Module):
             crop = hw if crop_shape is None else (int(crop_shape[0]), int(crop_shape[1]))
             if crop[0] > hw[0] or crop[1] > hw[1]:
                 raise ValueError(
-                    f"crop_shape {crop} is larger than image key {key!r} {hw}; set encoder.crop_shape "
-                    "smaller or null"
+                    f"crop_shape {crop} is larger than image key {key!r} {hw}; set encoder.crop_shape smaller or null"
                 )
             self.crop_hw[key] = crop
         self.share_rgb_model = share_rgb_model

@@ -17,7 +17,7 @@ from torch import nn
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> CUDA when present, else CPU; any other string is passed to torch.device."""
+    """ "auto" -> CUDA when present, else CPU; any other string is passed to torch.device."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
@@ -27,7 +27,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); without it bf16 autocast is several times slower."""
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); without it bf16 autocast is much slower."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (private, so looked up)
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 

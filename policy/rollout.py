@@ -5,10 +5,10 @@ runs with autoreset disabled and only that slot is reset, with ``options={"reset
 the seeds run out, finished slots idle (reset, stepped with a held action, results ignored) until the
 last episode ends. An episode succeeds if ``info["is_success"]`` was true at any step.
 
-Env errors do not stop an evaluation. ``make_env`` should wrap its env in
-``envs.wrappers.ReportEnvErrors``, which turns an exception from ``reset``/``step`` into an ended
-episode whose info carries the error text, so it is recorded as a failure of the episode's seed. If the vector env itself fails (for example a worker
-process dies), the episodes of dead workers (all in-flight ones if none can be told apart) are
+Env errors do not stop an evaluation: every env is wrapped in ``policy.env_errors.ReportEnvErrors``,
+which turns an exception from ``reset``/``step`` into an ended episode whose info carries the error text,
+so it is recorded as a failure of the episode's seed. If the vector env itself fails (for example a
+worker process dies), the episodes of dead workers (all in-flight ones if none can be told apart) are
 recorded as failed with the error, the vector env is rebuilt from the factory, and the other in-flight
 episodes are re-run from their seeds.
 
@@ -18,9 +18,9 @@ Videos: frames of ``render()`` for the first ``n_videos`` episodes, written as M
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import multiprocessing.connection
-import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +32,9 @@ import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 from tqdm import tqdm
 
+from data.atomic import atomic_path
 from policy.controller import RecedingHorizonController
+from policy.env_errors import describe, make_reporting_env
 
 # Mesa/NVIDIA GL drivers the first GL context maps into a process; a process holding one must not fork
 # env workers (a forked EGL context hangs the child).
@@ -40,7 +42,7 @@ _GL_DRIVER = re.compile(r"_dri\.so|libgallium|libOSMesa|libEGL_nvidia|libnvidia-
 
 
 def worker_start_method() -> str | None:
-    """"fork" for env workers (35x faster to start than forkserver here) unless this process has loaded a GL driver.
+    """ "fork" for env workers (far faster to start than forkserver) unless this process has loaded a GL driver.
 
     Envs create renderers lazily, so eval.py's parent process never holds a GL context and forks; a
     process that has rendered (a notebook, a test session, in-process demo collection) gets
@@ -56,15 +58,9 @@ def worker_start_method() -> str | None:
     return "forkserver" if _GL_DRIVER.search(maps) else "fork"
 
 
-def _describe(exc: BaseException) -> str:
-    """One line: exception type and the first line of its message."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
-
-
 def make_vector_env(make_env: Callable[[], gymnasium.Env], n_envs: int, asynchronous: bool | None = None) -> VectorEnv:
-    """n_envs copies of make_env() without autoreset; async (default: if n_envs > 1) or in-process."""
-    fns = [make_env] * n_envs
+    """n_envs copies of make_env() in ReportEnvErrors, no autoreset; async (default: if n_envs > 1) or in-process."""
+    fns = [functools.partial(make_reporting_env, make_env)] * n_envs
     if n_envs > 1 if asynchronous is None else asynchronous:
         return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.DISABLED, context=worker_start_method())
     return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.DISABLED)
@@ -72,15 +68,9 @@ def make_vector_env(make_env: Callable[[], gymnasium.Env], n_envs: int, asynchro
 
 def write_video(frames: Sequence[np.ndarray], path: Path, fps: int) -> None:
     """Write (H, W, 3) uint8 frames as an MP4 at path atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        with imageio.get_writer(tmp, fps=fps, macro_block_size=1) as writer:
-            for frame in frames:
-                writer.append_data(frame)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, imageio.get_writer(tmp, fps=fps, macro_block_size=1) as writer:
+        for frame in frames:
+            writer.append_data(frame)
 
 
 class _Episode:
@@ -215,7 +205,7 @@ def _run_until_done_or_crash(
         in_flight = [s for s in slots if s is not None]
         dead = _dead_workers(vec)
         failed = [s for i, s in enumerate(slots) if s is not None and i in dead] or in_flight
-        return _describe(failure.__cause__), failed, [s for s in in_flight if s not in failed]
+        return describe(failure.__cause__), failed, [s for s in in_flight if s not in failed]
 
 
 class VectorEnvFailure(RuntimeError):
@@ -223,11 +213,11 @@ class VectorEnvFailure(RuntimeError):
 
 
 def _guard(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call a vector env method; re-raise any exception as VectorEnvFailure so policy errors are never mistaken for it."""
+    """Call a vector env method; re-raise its exceptions as VectorEnvFailure so policy errors are never mistaken."""
     try:
         return method(*args, **kwargs)
     except Exception as exc:
-        raise VectorEnvFailure(_describe(exc)) from exc
+        raise VectorEnvFailure(describe(exc)) from exc
 
 
 def _info_at(info: dict[str, Any], key: str, i: int) -> Any:
@@ -250,9 +240,13 @@ def _reset_errors(info: dict[str, Any], slots: list[_Episode | None], finish: Ca
 
 
 def _reset_slots(
-    vec: VectorEnv, mask: np.ndarray, seeds: list[int], slots: list[_Episode | None], controller: RecedingHorizonController
+    vec: VectorEnv,
+    mask: np.ndarray,
+    seeds: list[int],
+    slots: list[_Episode | None],
+    controller: RecedingHorizonController,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Reset the masked slots with their seeds (the others keep their state); returns all observations and the reset info."""
+    """Reset the masked slots with their seeds (the others keep their state); returns all observations and info."""
     obs, info = _guard(vec.reset, seed=list(seeds), options={"reset_mask": mask.copy()})
     controller.reset(mask)
     _record_frames(vec, slots, mask)
@@ -269,7 +263,7 @@ def _record_frames(vec: VectorEnv, slots: list[_Episode | None], mask: np.ndarra
 
 
 def _kill_workers(vec: AsyncVectorEnv) -> None:
-    """Close a failed async vector env: its close() would wait on the dead worker's pipe, so end the workers directly."""
+    """Close a failed async vector env: its close() would wait on a dead worker's pipe, so end the workers directly."""
     for process in vec.processes:
         if process.is_alive():
             process.terminate()
@@ -281,7 +275,7 @@ def _kill_workers(vec: AsyncVectorEnv) -> None:
 
 
 def _dead_workers(vec: VectorEnv, timeout: float = 2.0) -> set[int]:
-    """Indices of async workers whose process has exited (waiting up to timeout s: a pipe can close before its process ends)."""
+    """Indices of async workers whose process has exited (waits up to timeout s: a pipe closes before its process)."""
     processes = getattr(vec, "processes", [])
     exited = multiprocessing.connection.wait([p.sentinel for p in processes], timeout=timeout) if processes else []
     return {i for i, process in enumerate(processes) if process.sentinel in exited}

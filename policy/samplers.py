@@ -1,4 +1,4 @@
-"""Reverse-process samplers: DDPM, DDIM, DPM-Solver++ (2M) for DDPM-trained models; Euler, Midpoint, Heun for flow.
+"""Reverse-process samplers: DDPM, DDIM, DPM-Solver++ (2M) for DDPM models; Euler, Midpoint, Heun for flow; regression.
 
 Every sampler maps noise (B, T, D) ~ N(0, I), the sample at the noisiest time, to an x_0 estimate (B, T, D), with
 any step count chosen at inference. Conventions are those of policy/objectives.py: DDPM timesteps 0..T-1 with
@@ -25,6 +25,10 @@ Written by hand because each sampler is a short loop over precomputed coefficien
 call plus a few fused tensor ops, with coefficient tables built once per (objective, steps, device, dtype) and
 cached, instead of diffusers' per-step Python bookkeeping (timestep search, list shuffling, scalar re-derivation);
 benchmarks/bench_sampler_overhead.py measures 2.5-6.5x less sampler overhead than diffusers' scheduler loops.
+Each sampler declares the objective kind it samples (``objective_kind``); ``check_compatible`` and
+``Sampler.resolve_steps`` are the one place that decides whether a (sampler, objective, num_steps) triple can
+run, for every caller (ChunkPolicy, evaluation, sweeps). ``RegressionSampler`` is the one-call "sampler" of the
+MSE regression baseline, an ordinary member of ``SAMPLERS``.
 Gradients are not disabled here: wrap calls in torch.no_grad() / torch.inference_mode() for plain inference.
 """
 
@@ -38,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from policy.objectives import DDPM, FlowMatching
+from policy.objectives import DDPM, OBJECTIVES, FlowMatching, Regression, regress
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
@@ -83,7 +87,7 @@ class Sampler(ABC):
     """Base class: resolves the step count, checks compatibility, caches coefficient tables, runs the loop."""
 
     name: ClassVar[str]
-    compatible_objectives: ClassVar[tuple[str, ...]]
+    objective_kind: ClassVar[str]  # the ``kind`` of the objectives whose models this sampler can run
 
     def __init__(self, num_steps: int | None) -> None:
         """Store the default step count (validated) and an empty table cache."""
@@ -102,20 +106,26 @@ class Sampler(ABC):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Run the reverse process from noise (B, T, D) at the noisiest time; returns the x_0 estimate (B, T, D)."""
-        check_compatible(self, objective)
+        n = self.resolve_steps(objective, num_steps)
         if noise.ndim < 1 or not noise.is_floating_point():
-            raise ValueError(f"noise must be a float tensor (B, T, D); got dtype {noise.dtype}, shape {tuple(noise.shape)}")
+            raise ValueError(
+                f"noise must be a float tensor (B, T, D); got dtype {noise.dtype}, shape {tuple(noise.shape)}"
+            )
         if generator is not None and generator.device.type != noise.device.type:
             raise ValueError(
                 f"generator is on {generator.device} but noise is on {noise.device}; "
                 f"create the generator with torch.Generator(device=noise.device)"
             )
-        n = self._resolve_steps(objective, num_steps)
         key = (objective, n, noise.device, noise.dtype)
         if key not in self._tables:
             with torch.inference_mode(False):  # plain tensors, so the cache also serves calls that need autograd
                 self._tables[key] = self._build_table(objective, n, noise.device, noise.dtype)
         return self._run(denoiser, objective, noise, self._tables[key], generator)
+
+    def resolve_steps(self, objective: DDPM | FlowMatching | Regression, num_steps: int | None = None) -> int:
+        """The step count a sample() call runs for this objective; ValueError if the pair or the count is invalid."""
+        check_compatible(self, objective)
+        return self._resolve_steps(objective, num_steps)
 
     def nfe(self, num_steps: int | None = None) -> int:
         """Network evaluations for one sample() call with this step count (default: the sampler's)."""
@@ -139,7 +149,12 @@ class Sampler(ABC):
 
     @abstractmethod
     def _run(
-        self, denoiser: Denoiser, objective: DDPM | FlowMatching, x: Tensor, table: object, generator: torch.Generator | None
+        self,
+        denoiser: Denoiser,
+        objective: DDPM | FlowMatching,
+        x: Tensor,
+        table: object,
+        generator: torch.Generator | None,
     ) -> Tensor:
         """The sampling loop: the network call plus a few fused tensor ops per step."""
 
@@ -152,7 +167,7 @@ class Sampler(ABC):
 class _DiscreteSampler(Sampler):
     """Shared parts of the samplers for DDPM-trained models: spacing, step bounds, timestep grid."""
 
-    compatible_objectives = ("ddpm",)
+    objective_kind = DDPM.kind
 
     def __init__(self, num_steps: int | None, spacing: str) -> None:
         """Validate spacing and store the defaults."""
@@ -168,7 +183,7 @@ class _DiscreteSampler(Sampler):
         n = self._steps_or_default(num_steps)
         if n > objective.num_train_steps:
             raise ValueError(
-                f"num_steps={n} exceeds the objective's num_train_steps={objective.num_train_steps}; "
+                f"num_steps={n} exceeds the model's num_train_steps={objective.num_train_steps}; "
                 f"choose num_steps <= {objective.num_train_steps}"
             )
         return n
@@ -201,7 +216,9 @@ class DDPMSampler(_DiscreteSampler):
         table = torch.stack([t, abar.sqrt(), (1 - abar).sqrt(), coef_x0, coef_xt, std], dim=1)  # (n, 6)
         return _columns(table, device, dtype), (std > 0).tolist()
 
-    def _run(self, denoiser: Denoiser, objective: DDPM, x: Tensor, table: tuple, generator: torch.Generator | None) -> Tensor:
+    def _run(
+        self, denoiser: Denoiser, objective: DDPM, x: Tensor, table: tuple, generator: torch.Generator | None
+    ) -> Tensor:
         """x_prev = c_x0 * x0_hat + c_xt * x_t + std * z."""
         steps, add_noise = table
         batch = x.shape[0]
@@ -238,7 +255,9 @@ class DDIMSampler(_DiscreteSampler):
         table = torch.stack([t, abar.sqrt(), (1 - abar).sqrt(), abar_next.sqrt(), coef_eps, std], dim=1)  # (n, 6)
         return _columns(table, device, dtype), (std > 0).tolist()
 
-    def _run(self, denoiser: Denoiser, objective: DDPM, x: Tensor, table: tuple, generator: torch.Generator | None) -> Tensor:
+    def _run(
+        self, denoiser: Denoiser, objective: DDPM, x: Tensor, table: tuple, generator: torch.Generator | None
+    ) -> Tensor:
         """x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - std^2) eps_hat + std * z."""
         steps, add_noise = table
         batch = x.shape[0]
@@ -278,7 +297,9 @@ class DPMSolverPPSampler(_DiscreteSampler):
         table = torch.stack([t, alpha, sigma, coef_x, coef_d0, coef_d1], dim=1)  # (n, 6)
         return list(zip(_columns(table, device, dtype), second_order.tolist()))
 
-    def _run(self, denoiser: Denoiser, objective: DDPM, x: Tensor, table: list, generator: torch.Generator | None) -> Tensor:
+    def _run(
+        self, denoiser: Denoiser, objective: DDPM, x: Tensor, table: list, generator: torch.Generator | None
+    ) -> Tensor:
         """Multistep update on data predictions D_i = x0_hat(x_i, t_i)."""
         batch = x.shape[0]
         previous: Tensor | None = None
@@ -294,7 +315,7 @@ class DPMSolverPPSampler(_DiscreteSampler):
 class _FlowSampler(Sampler):
     """Shared parts of the ODE samplers for flow-matching models: the time grid from t=1 to t=0."""
 
-    compatible_objectives = ("flow",)
+    objective_kind = FlowMatching.kind
 
     def __init__(self, num_steps: int, shift: float) -> None:
         """shift = 1 gives a uniform grid; shift > 1 concentrates steps near t = 1 (noise)."""
@@ -394,25 +415,64 @@ class HeunSampler(_FlowSampler):
         return x
 
 
+class RegressionSampler(Sampler):
+    """One network call: returns the regressed chunk, ignoring the noise values (only their shape)."""
+
+    name = "regression"
+    objective_kind = Regression.kind
+
+    def __init__(self, num_steps: int = 1) -> None:
+        """A regression head takes exactly one step."""
+        super().__init__(num_steps)
+        self._resolve_steps(Regression(), num_steps)
+
+    def _resolve_steps(self, objective: Regression, num_steps: int | None) -> int:
+        """Always 1; ValueError for any other explicit count."""
+        if num_steps not in (None, 1):
+            raise ValueError(f"a regression head takes exactly one step; got num_steps={num_steps}")
+        return 1
+
+    def _build_table(self, objective: Regression, n: int, device: torch.device, dtype: torch.dtype) -> None:
+        """Nothing to precompute."""
+        return None
+
+    def _run(
+        self, denoiser: Denoiser, objective: Regression, x: Tensor, table: None, generator: torch.Generator | None
+    ) -> Tensor:
+        """(B, T, D) chunk predicted by the regression head."""
+        return regress(denoiser, x)
+
+
 SAMPLERS: dict[str, type[Sampler]] = {
-    cls.name: cls for cls in (DDPMSampler, DDIMSampler, DPMSolverPPSampler, EulerSampler, MidpointSampler, HeunSampler)
+    cls.name: cls
+    for cls in (
+        DDPMSampler,
+        DDIMSampler,
+        DPMSolverPPSampler,
+        EulerSampler,
+        MidpointSampler,
+        HeunSampler,
+        RegressionSampler,
+    )
 }
 
 
-def check_compatible(sampler: Sampler, objective: DDPM | FlowMatching) -> None:
+def check_compatible(sampler: Sampler, objective: DDPM | FlowMatching | Regression) -> None:
     """Raise ValueError if the sampler cannot run the model trained with this objective, listing the valid samplers."""
     kind = getattr(objective, "kind", None)
-    if kind not in ("ddpm", "flow"):
-        raise ValueError(f"objective must be a DDPM or FlowMatching instance; got {type(objective).__name__}")
-    if kind in sampler.compatible_objectives:
+    if kind not in OBJECTIVES:
+        known = ", ".join(cls.__name__ for cls in OBJECTIVES.values())
+        raise ValueError(f"objective must be one of {known}; got {type(objective).__name__}")
+    if kind == getattr(sampler, "objective_kind", None):
         return
-    needs = "a DDPM-trained" if "ddpm" in sampler.compatible_objectives else "a flow-matching-trained"
-    valid = ", ".join(name for name, cls in SAMPLERS.items() if kind in cls.compatible_objectives)
-    raise ValueError(f"sampler '{sampler.name}' needs {needs} model; valid samplers for {kind}: {valid}")
+    needs = OBJECTIVES[sampler.objective_kind].trained_as if sampler.objective_kind in OBJECTIVES else "another model"
+    valid = [cls for cls in SAMPLERS.values() if cls.objective_kind == kind]
+    names, classes = ", ".join(cls.name for cls in valid), ", ".join(cls.__name__ for cls in valid)
+    raise ValueError(f"sampler '{sampler.name}' needs {needs}; valid samplers for {kind}: {names} ({classes})")
 
 
 def make_sampler(name: str, **kwargs) -> Sampler:
-    """Build a sampler by name ("ddpm", "ddim", "dpmsolver", "euler", "midpoint", "heun") with its keyword settings."""
+    """Build a sampler by name (one of ``SAMPLERS``) with its keyword settings."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; valid options: {', '.join(SAMPLERS)}")
     return SAMPLERS[name](**kwargs)

@@ -55,7 +55,10 @@ class TransformerBlock(nn.Module):
         self.cross_out = nn.Linear(d_model, d_model)
         self.norm3 = nn.LayerNorm(d_model, elementwise_affine=False)
         self.mlp = nn.Sequential(
-            nn.Linear(d_model, 4 * d_model), nn.GELU(approximate="tanh"), nn.Dropout(dropout), nn.Linear(4 * d_model, d_model)
+            nn.Linear(d_model, 4 * d_model),
+            nn.GELU(approximate="tanh"),
+            nn.Dropout(dropout),
+            nn.Linear(4 * d_model, d_model),
         )
         self.modulation_size = 6 * d_model
 

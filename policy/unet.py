@@ -14,16 +14,16 @@ parameters:
   timestep half and an observation half: ``bind(cond)`` computes the observation half once and the
   returned callable only adds the timestep half per denoising step. ``forward`` is ``bind`` + call.
 - Activations are channels_last (B, C, 1, T), i.e. (B, T, C) in memory, and convolutions are
-  (1, k) conv2d on them: oneDNN then skips the per-call NCW reorders (training step 1.15-1.2x
-  faster on CPU), and the (B, T, Da) input and output need no transposes.
+  (1, k) conv2d on them: oneDNN then skips the per-call NCW reorders, and the (B, T, Da) input and
+  output need no transposes.
 - Tiny CPU convolutions on the module path (at most ``SMALL_CONV_ROWS`` output positions: batch 1
-  with autograd or under torch.compile) run as im2col + one matmul, 2-4x faster there than the
-  library's convolution; larger inputs and CUDA use the library's.
-- Mish is ``policy.mish.mish`` (2.5x faster on large CPU tensors); the scale-and-shift is one
+  with autograd or under torch.compile) run as im2col + one matmul, faster there than the library's
+  convolution, whose per-call setup dominates; larger inputs and CUDA use the library's.
+- Mish is ``policy.mish.mish`` (faster on large CPU tensors); the scale-and-shift is one
   ``addcmul`` per block; no einops in the hot path.
 - Inference on CPU without autograd, up to ``CPU_PLAN_MAX_ROWS`` positions (batch 32 at horizon
   16), runs ``policy.unet_cpu_inference.CpuInferencePlan``: the same network with prepacked oneDNN
-  weights and far fewer ops (batch-1 step 2.2x faster for [64, 128, 256], 3.3x for [256, 512, 1024]).
+  weights and far fewer ops.
 """
 
 from __future__ import annotations
@@ -97,11 +97,9 @@ def conv1d_as_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int
 class Conv1d(nn.Conv1d):
     """nn.Conv1d run as a (1, k) conv2d on channels_last (B, C, 1, T) activations.
 
-    oneDNN convolves channels_last directly instead of reordering NCW inputs on every call (1.4-2x
-    faster training steps on CPU). Tiny CPU inputs (batch-1 inference) run as one matmul: 2-4x
-    faster there. The weight keeps its (Cout, Cin, k) shape but is stored (Cout, k, Cin) in memory,
-    oneDNN's layout for channels_last, so no call reorders it (UNet [256, 512, 1024] training step
-    1.43x faster at batch 64, 1.07x at 256; unchanged for [64, 128, 256]).
+    oneDNN convolves channels_last directly instead of reordering NCW inputs on every call. Tiny CPU
+    inputs (batch-1 inference) run as one matmul. The weight keeps its (Cout, Cin, k) shape but is
+    stored (Cout, k, Cin) in memory, oneDNN's layout for channels_last, so no call reorders it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -207,19 +205,27 @@ class ConditionalUnet1D(nn.Module):
         self.down = nn.ModuleList()
         for i, (cin, cout) in enumerate(levels):
             last = i == len(levels) - 1
-            self.down.append(nn.ModuleList([
-                block(cin, cout),
-                block(cout, cout),
-                nn.Identity() if last else Conv1d(cout, cout, 3, stride=2, padding=1),
-            ]))
+            self.down.append(
+                nn.ModuleList(
+                    [
+                        block(cin, cout),
+                        block(cout, cout),
+                        nn.Identity() if last else Conv1d(cout, cout, 3, stride=2, padding=1),
+                    ]
+                )
+            )
         self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
         self.up = nn.ModuleList()
         for cin, cout in reversed(levels[1:]):
-            self.up.append(nn.ModuleList([
-                block(cout * 2, cin),
-                block(cin, cin),
-                ConvTranspose1d(cin, cin, 4, stride=2, padding=1),
-            ]))
+            self.up.append(
+                nn.ModuleList(
+                    [
+                        block(cout * 2, cin),
+                        block(cin, cin),
+                        ConvTranspose1d(cin, cin, 4, stride=2, padding=1),
+                    ]
+                )
+            )
         self.final_block = Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups)
         self.final_conv = Conv1d(down_dims[0], action_dim, 1)
 

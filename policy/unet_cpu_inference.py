@@ -3,21 +3,18 @@
 At batch 1 a denoiser step is a few dozen small matmuls plus ~300 tiny ops, so on CPU its time is
 weight traffic and per-op overhead, not FLOPs. ``CpuInferencePlan`` is built from the UNet's
 parameters (rebuilt when they change) and runs the same network as ``ConditionalUnet1D._denoise``.
-Measured on this 2-core AMD EPYC (2 threads, batch 1, median), the whole step goes from 2.7 to
-1.2 ms for UNet [64, 128, 256] and from 24 to 7.2 ms for [256, 512, 1024]; at batch 8 from 13 to
-3 ms and from 169 to 23 ms. The pieces, each kept because it measured faster:
+Each piece is kept because it made the step faster (``benchmarks/bench_policy.py`` times the whole):
 
 - Activations stay (B, T, C) throughout and every convolution is im2col (pad + unfold) + one
   matmul: no layout permutes, no module calls, no library convolution (whose per-call setup
   dominates at these sizes). GroupNorm reads a channels_last view of the same memory.
 - Weights with >= ``PREPACK_MIN_WEIGHT`` elements are reordered once into oneDNN's blocked layout
-  (``mkldnn._reorder_linear_weight``) and multiplied with ``mkldnn._linear_pointwise``: 2x faster
-  than ``F.linear`` (MKL) for a (4, 1280) x (1280, 256) product, and the [256, 512, 1024] step,
-  which reads 254 MB of fp32 weights, runs at ~34 GB/s, the measured DRAM bandwidth of 2 cores.
-  Smaller weights keep ``F.linear``, which is as fast or faster below ~0.5 MB.
+  (``mkldnn._reorder_linear_weight``) and multiplied with ``mkldnn._linear_pointwise``, faster than
+  ``F.linear`` (MKL) for these thin products, so a large UNet's step is bound by memory bandwidth.
+  Smaller weights keep ``F.linear``, which is as fast or faster there.
 - The timestep half of the FiLM (sinusoid, MLP, Mish and a 128 x F matmul) is cached per timestep
-  value, in float32: samplers revisit the same timesteps on every chunk (1.59 -> 1.38 ms per step,
-  1 thread), and a bfloat16 copy then rounds the FiLM once, like the module path's fused addmm.
+  value, in float32: samplers revisit the same timesteps on every chunk, and a bfloat16 copy then
+  rounds the FiLM once, like the module path's fused addmm.
 - FiLM scales and biases come from one split of the (B, 1, F) FiLM tensor, not a chunk per block.
 - The stride-2 transposed convolution is rewritten once in polyphase form: output phase r at input
   position m is a 3-tap convolution of the input, so the up-sampler is one im2col matmul whose
@@ -25,7 +22,7 @@ Measured on this 2-core AMD EPYC (2 threads, batch 1, median), the whole step go
 
 Costs: the plan keeps a packed copy of the large weights (about the model's size in memory), and
 it is eager-only: oneDNN's opaque tensors do not trace, so under torch.compile the UNet takes its
-module path (compiled, 1.7 ms per small-UNet step after a 15 s compile: slower than this plan).
+module path.
 The plan is not part of the module's state_dict, and copies of the module start without one.
 """
 
@@ -41,7 +38,7 @@ ONEDNN_LINEAR = (
     and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
     and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 )
-# Weights with at least this many elements are prepacked for oneDNN (measured crossover ~0.3-0.5 MB).
+# Weights with at least this many elements are prepacked for oneDNN (below it F.linear is as fast).
 PREPACK_MIN_WEIGHT = 1 << 17
 # Timestep FiLM halves kept per plan (a DDPM-100 rollout uses 100; the cache is cleared when full).
 MAX_CACHED_TIMESTEPS = 1024
@@ -213,4 +210,3 @@ class PlanCache:
     def __getstate__(self) -> dict:
         """Pickles empty, for the same reason."""
         return {"key": None, "plan": None}
-

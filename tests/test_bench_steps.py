@@ -5,19 +5,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import bench_steps
 import pytest
 import yaml
 
+import bench_steps
 from data.collect import collect
 
 ROOT = Path(__file__).resolve().parents[1]
 
 STEP_COUNTS = (1, 2)
 TINY = [
-    "task.max_episode_steps=12", "policy.denoiser.down_dims=[16,32]",
-    "policy.denoiser.diffusion_step_embed_dim=16", "policy.horizon=8", "policy.n_action_steps=4", "training.batch_size=8",
-    "training.warmup_steps=1", "training.val_every=100", "training.val_batches=1",
+    "task.max_episode_steps=12",
+    "policy.denoiser.down_dims=[16,32]",
+    "policy.denoiser.diffusion_step_embed_dim=16",
+    "policy.horizon=8",
+    "policy.n_action_steps=4",
+    "training.batch_size=8",
+    "training.warmup_steps=1",
+    "training.val_every=100",
+    "training.val_batches=1",
 ]
 
 
@@ -26,8 +32,16 @@ def study(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("study")
     task = yaml.safe_load((ROOT / "configs" / "task" / "pick_place.yaml").read_text())
     collect(task, 2, tmp / "pp.zarr", progress=False)  # full-length expert episodes; evaluation episodes are cut short
-    kwargs = dict(train_steps=3, seeds=[0], episodes=2, out=tmp / "results", work_dir=tmp / "work",
-                  step_counts=STEP_COUNTS, extra_overrides=[*TINY, f"task.dataset_path={tmp / 'pp.zarr'}"], progress=False)
+    kwargs = dict(
+        train_steps=3,
+        seeds=[0],
+        episodes=2,
+        out=tmp / "results",
+        work_dir=tmp / "work",
+        step_counts=STEP_COUNTS,
+        extra_overrides=[*TINY, f"task.dataset_path={tmp / 'pp.zarr'}"],
+        progress=False,
+    )
     payload = bench_steps.run_study("pick_place", **kwargs)
     return {"tmp": tmp, "kwargs": kwargs, "payload": payload}
 
@@ -36,8 +50,9 @@ def test_study_writes_json_table_and_plot(study):
     out = study["tmp"] / "results"
     saved = json.loads((out / "steps_pick_place.json").read_text())
     rows = {(r["objective"], r["sampler"], r["num_steps"]): r for r in saved["rows"]}
-    expected = {("ddpm", "ddpm", 100)} | {(o, s, n) for o, names in bench_steps.SAMPLERS.items() for s in names
-                                          for n in STEP_COUNTS}
+    expected = {("ddpm", "ddpm", 100)} | {
+        (o, s, n) for o, names in bench_steps.SAMPLERS.items() for s in names for n in STEP_COUNTS
+    }
     assert set(rows) == expected
     assert rows[("flow", "heun", 2)]["nfe"] == 4 and rows[("flow", "midpoint", 1)]["nfe"] == 2
     assert rows[("flow", "euler", 2)]["nfe"] == 2 and rows[("ddpm", "ddpm", 100)]["nfe"] == 100
@@ -58,7 +73,9 @@ def test_cells_of_an_objective_share_episode_seeds(study):
     flow_cfg = bench_steps.checkpoint_config(bench_steps.load_checkpoint(runs["flow"]["checkpoint"]))
     for key in ("policy", "training", "task", "seed", "obs", "dataset"):
         assert ddpm_cfg[key] == flow_cfg[key]
-    assert ddpm_cfg["objective"]["_target_"].endswith("DDPM") and flow_cfg["objective"]["_target_"].endswith("FlowMatching")
+    assert ddpm_cfg["objective"]["_target_"].endswith("DDPM") and flow_cfg["objective"]["_target_"].endswith(
+        "FlowMatching"
+    )
 
 
 def test_rerun_needs_reuse_and_reuse_keeps_models_and_cells(study):
@@ -72,33 +89,55 @@ def test_rerun_needs_reuse_and_reuse_keeps_models_and_cells(study):
 
 
 def test_reuse_refuses_a_run_dir_with_another_model(study):
-    kwargs = {**study["kwargs"], "extra_overrides": [*study["kwargs"]["extra_overrides"], "policy.denoiser.kernel_size=3"]}
+    kwargs = {
+        **study["kwargs"],
+        "extra_overrides": [*study["kwargs"]["extra_overrides"], "policy.denoiser.kernel_size=3"],
+    }
     with pytest.raises(bench_steps.BenchmarkError, match="policy"):
         bench_steps.run_study("pick_place", **kwargs, reuse=True)
 
 
 def test_planned_cells():
-    assert bench_steps.planned_cells("ddpm", [1, 4]) == [("ddpm", None), ("ddim", 1), ("ddim", 4), ("dpmsolver", 1),
-                                                          ("dpmsolver", 4)]
+    assert bench_steps.planned_cells("ddpm", [1, 4]) == [
+        ("ddpm", None),
+        ("ddim", 1),
+        ("ddim", 4),
+        ("dpmsolver", 1),
+        ("dpmsolver", 4),
+    ]
     assert [s for s, _ in bench_steps.planned_cells("flow", [8])] == ["euler", "midpoint", "heun"]
     assert bench_steps.planned_cells("ddpm", [2], full_chain=False) == [("ddim", 2), ("dpmsolver", 2)]
     cells = bench_steps.planned_cells("ddpm", [1, 4])
-    assert sorted(cells, key=bench_steps.evaluation_rank) == [("ddim", 1), ("dpmsolver", 1), ("ddim", 4), ("dpmsolver", 4),
-                                                              ("ddpm", None)]
+    assert sorted(cells, key=bench_steps.evaluation_rank) == [
+        ("ddim", 1),
+        ("dpmsolver", 1),
+        ("ddim", 4),
+        ("dpmsolver", 4),
+        ("ddpm", None),
+    ]
     with pytest.raises(bench_steps.BenchmarkError, match="objective"):
         bench_steps.planned_cells("vp", [1])
 
 
 def _cell(successes: list[bool], reward: float, latency: float) -> dict:
-    return {"sampler": "euler", "num_steps": 4, "nfe": 4, "n_episodes": len(successes),
-            "success_rate": sum(successes) / len(successes), "mean_max_reward": reward,
-            "episodes": [{"success": s} for s in successes], "latency_ms": {"median": latency, "p90": 2 * latency},
-            "actions_per_s": 100.0}
+    return {
+        "sampler": "euler",
+        "num_steps": 4,
+        "nfe": 4,
+        "n_episodes": len(successes),
+        "success_rate": sum(successes) / len(successes),
+        "mean_max_reward": reward,
+        "episodes": [{"success": s} for s in successes],
+        "latency_ms": {"median": latency, "p90": 2 * latency},
+        "actions_per_s": 100.0,
+    }
 
 
 def test_aggregate_over_seeds_reports_mean_spread_and_pooled_interval():
-    runs = [{"objective": "flow", "cells": [_cell([True, True, False, False], 0.5, 10.0)]},
-            {"objective": "flow", "cells": [_cell([True, True, True, True], 0.9, 30.0)]}]
+    runs = [
+        {"objective": "flow", "cells": [_cell([True, True, False, False], 0.5, 10.0)]},
+        {"objective": "flow", "cells": [_cell([True, True, True, True], 0.9, 30.0)]},
+    ]
     (row,) = bench_steps.aggregate(runs)
     assert row["n_seeds"] == 2 and row["n_episodes"] == 8
     assert row["success_rate"] == pytest.approx(0.75) and row["success_sd"] == pytest.approx(0.3535534, rel=1e-6)

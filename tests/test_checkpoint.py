@@ -17,14 +17,19 @@ from policy.checkpoint import (
     set_rng_state,
 )
 from policy.chunk_policy import ChunkPolicy
-from policy.factory import build_policy
 
 META = {"obs": {"state": {"shape": [3], "type": "low_dim"}}, "action": {"shape": [2]}}
 BUILD = {
     "policy": {
-        "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4,
+        "horizon": 8,
+        "n_obs_steps": 2,
+        "n_action_steps": 4,
         "encoder": {"_target_": "policy.obs_encoder.ObsEncoder", "backbone": "small"},
-        "denoiser": {"_target_": "policy.unet.ConditionalUnet1D", "down_dims": [16, 32], "diffusion_step_embed_dim": 16},
+        "denoiser": {
+            "_target_": "policy.unet.ConditionalUnet1D",
+            "down_dims": [16, 32],
+            "diffusion_step_embed_dim": 16,
+        },
     },
     "objective": {"_target_": "policy.objectives.FlowMatching"},
     "sampler": {"_target_": "policy.samplers.EulerSampler", "num_steps": 3},
@@ -34,13 +39,23 @@ BUILD = {
 
 def _state(seed: int = 0) -> dict:
     torch.manual_seed(seed)
-    policy = build_policy(BUILD["policy"], BUILD["objective"], BUILD["sampler"], META)
+    policy = ChunkPolicy.from_config(BUILD["policy"], BUILD["objective"], BUILD["sampler"], META)
     g = torch.Generator().manual_seed(seed)
-    policy.set_normalizer(Normalizer.fit({"state": torch.randn(50, 3, generator=g) * 3,
-                                          "action": torch.randn(50, 2, generator=g) + 1}, policy.normalizer_modes()))
+    policy.set_normalizer(
+        Normalizer.fit(
+            {"state": torch.randn(50, 3, generator=g) * 3, "action": torch.randn(50, 2, generator=g) + 1},
+            policy.normalizer_modes(),
+        )
+    )
     ema_sd = {k: v + 1 if v.is_floating_point() else v for k, v in policy.state_dict().items()}
-    return {"step": 7, "config": config_to_yaml({"task": {"name": "t"}, "seed": 3}), "build": BUILD,
-            "model": policy.state_dict(), "ema": ema_sd, "rng": rng_state()}
+    return {
+        "step": 7,
+        "config": config_to_yaml({"task": {"name": "t"}, "seed": 3}),
+        "build": BUILD,
+        "model": policy.state_dict(),
+        "ema": ema_sd,
+        "rng": rng_state(),
+    }
 
 
 def test_round_trip_rebuilds_the_policy_from_the_file_alone(tmp_path):

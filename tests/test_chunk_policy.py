@@ -1,4 +1,4 @@
-"""Tests for policy/chunk_policy.py and policy/regression.py: interface, round trips, multimodality."""
+"""Tests for policy/chunk_policy.py: interface, round trips, multimodality (against the regression baseline)."""
 
 import pytest
 import torch
@@ -6,10 +6,9 @@ import torch
 from data.normalizer import Normalizer
 from policy.chunk_policy import ChunkPolicy
 from policy.ema import EMA
-from policy.objectives import DDPM, FlowMatching
+from policy.objectives import DDPM, FlowMatching, Regression
 from policy.obs_encoder import ObsEncoder
-from policy.regression import Regression, RegressionSampler
-from policy.samplers import DDIMSampler, DDPMSampler, EulerSampler
+from policy.samplers import DDIMSampler, DDPMSampler, EulerSampler, RegressionSampler
 from policy.transformer import DiffusionTransformer
 from policy.unet import ConditionalUnet1D
 
@@ -21,8 +20,9 @@ def _policy(meta=STATE_META, objective=None, sampler=None, horizon=8, transforme
     torch.manual_seed(seed)
     encoder = ObsEncoder(meta, backbone="small", crop_shape=(16, 16), feature_dim=8, num_keypoints=4)
     if transformer:
-        denoiser = DiffusionTransformer(2, encoder.output_dim, 2, horizon, d_model=32, n_layers=2, n_heads=2,
-                                        diffusion_step_embed_dim=16)
+        denoiser = DiffusionTransformer(
+            2, encoder.output_dim, 2, horizon, d_model=32, n_layers=2, n_heads=2, diffusion_step_embed_dim=16
+        )
     else:
         denoiser = ConditionalUnet1D(2, encoder.output_dim, 2, horizon, (32, 64), diffusion_step_embed_dim=32)
     objective = DDPM() if objective is None else objective
@@ -130,7 +130,8 @@ def test_state_dict_round_trip_restores_normalizer_and_ema_and_device_moves():
     assert torch.equal(restored_ema.module.normalizer.action__scale, policy.normalizer.action__scale)
     ema_out = ema.module.eval().predict_action(obs, generator=torch.Generator().manual_seed(3))["action_pred"]
     torch.testing.assert_close(
-        restored_ema.module.eval().predict_action(obs, generator=torch.Generator().manual_seed(3))["action_pred"], ema_out
+        restored_ema.module.eval().predict_action(obs, generator=torch.Generator().manual_seed(3))["action_pred"],
+        ema_out,
     )
     assert not torch.allclose(ema_out, expected)  # the average differs from the last weights
 
@@ -170,7 +171,9 @@ def _rms_to(samples: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (samples[:, None] - targets[None]).pow(2).mean((-1, -2)).sqrt()
 
 
-@pytest.mark.parametrize("objective, sampler", [(DDPM(), DDIMSampler(num_steps=10)), (FlowMatching(), EulerSampler(10))])
+@pytest.mark.parametrize(
+    "objective, sampler", [(DDPM(), DDIMSampler(num_steps=10)), (FlowMatching(), EulerSampler(10))]
+)
 def test_generative_policies_produce_both_modes(objective, sampler):
     modes, data = _bimodal_data()
     policy = _train(_policy(objective=objective, sampler=sampler), data, steps=300)
@@ -214,4 +217,6 @@ def test_bfloat16_denoiser_copy_tracks_weights_and_stays_out_of_the_state_dict()
     torch.testing.assert_close(after16, after32, rtol=0, atol=0.05 * scale)  # ...and the bf16 copy followed
     assert set(policy.state_dict()) == keys
     with pytest.raises(ValueError, match="denoiser_dtype"):
-        ChunkPolicy(policy.encoder, policy.denoiser, DDPM(), DDIMSampler(), 8, 2, 4, 2, IMAGE_META, denoiser_dtype="int8")
+        ChunkPolicy(
+            policy.encoder, policy.denoiser, DDPM(), DDIMSampler(), 8, 2, 4, 2, IMAGE_META, denoiser_dtype="int8"
+        )

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from configs import compose_config
 from data.collect import EpisodeRunner, collect, format_summary
 from data.replay_buffer import ReplayBuffer
 
@@ -18,9 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def task_cfg(name: str = "push_around", image_size: int = 32) -> dict:
     """A task config as train.py would pass it (resolved), with small images for speed."""
-    cfg = OmegaConf.create({"task": OmegaConf.load(ROOT / "configs" / "task" / f"{name}.yaml")})
-    cfg.task.env_kwargs.image_size = image_size
-    return OmegaConf.to_container(cfg, resolve=True)["task"]
+    cfg = compose_config("train", [f"task={name}", f"task.env_kwargs.image_size={image_size}"])
+    return OmegaConf.to_container(cfg.task, resolve=True)
 
 
 def test_collect_stores_successful_episodes_with_both_modes(tmp_path):
@@ -117,9 +117,20 @@ def test_parallel_workers_store_the_same_episodes(tmp_path):
 def test_command_line(tmp_path):
     out = tmp_path / "cli.zarr"
     result = subprocess.run(
-        [sys.executable, "-m", "data.collect", "task=push_around", "n_episodes=2", f"out={out}",
-         "task.env_kwargs.image_size=24", f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "data.collect",
+            "task=push_around",
+            "n_episodes=2",
+            f"out={out}",
+            "task.env_kwargs.image_size=24",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "expert success" in result.stdout and "100.0%" in result.stdout
     buffer = ReplayBuffer.open(out)

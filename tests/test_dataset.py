@@ -16,11 +16,13 @@ def buffer(tmp_path) -> ReplayBuffer:
     for i in range(6):
         t = 10 + i
         steps = np.arange(t, dtype=np.float32)
-        buf.add_episode({
-            "image": np.full((t, 8, 8, 3), i, np.uint8),
-            "agent_pos": np.stack([steps, np.full(t, i, np.float32)], -1),
-            "action": np.stack([steps + 100 * i, -steps], -1),
-        })
+        buf.add_episode(
+            {
+                "image": np.full((t, 8, 8, 3), i, np.uint8),
+                "agent_pos": np.stack([steps, np.full(t, i, np.float32)], -1),
+                "action": np.stack([steps + 100 * i, -steps], -1),
+            }
+        )
     return ReplayBuffer.open(tmp_path / "d.zarr", in_memory=True)
 
 

@@ -1,4 +1,4 @@
-"""Tests for eval.py and configs/eval.yaml: CLI end to end, results fields, videos, sweeps, bad inputs."""
+"""Tests for eval.py, policy/evaluation.py and configs/eval.yaml: CLI, results fields, videos, sweeps, bad inputs."""
 
 import json
 import subprocess
@@ -12,10 +12,13 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-import eval as evaluation
+import eval as eval_script
+from configs import unknown_option
 from data.normalizer import Normalizer
+from envs.task_env import TaskEnv
+from policy import evaluation
 from policy.checkpoint import CheckpointError, config_to_yaml, save_checkpoint
-from policy.factory import build_policy
+from policy.chunk_policy import ChunkPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -35,15 +38,30 @@ def _task_cfg(max_steps=6):
 
 def _build(shape_meta, objective="DDPM", sampler="DDIMSampler"):
     policy_cfg = {
-        "horizon": 8, "n_obs_steps": 2, "n_action_steps": 4,
-        "encoder": {"_target_": "policy.obs_encoder.ObsEncoder", "backbone": "small", "crop_shape": [20, 20],
-                    "feature_dim": 8, "num_keypoints": 4},
-        "denoiser": {"_target_": "policy.unet.ConditionalUnet1D", "down_dims": [16, 32], "diffusion_step_embed_dim": 16},
+        "horizon": 8,
+        "n_obs_steps": 2,
+        "n_action_steps": 4,
+        "encoder": {
+            "_target_": "policy.obs_encoder.ObsEncoder",
+            "backbone": "small",
+            "crop_shape": [20, 20],
+            "feature_dim": 8,
+            "num_keypoints": 4,
+        },
+        "denoiser": {
+            "_target_": "policy.unet.ConditionalUnet1D",
+            "down_dims": [16, 32],
+            "diffusion_step_embed_dim": 16,
+        },
     }
-    build = {"policy": policy_cfg, "objective": {"_target_": f"policy.objectives.{objective}"},
-             "sampler": {"_target_": f"policy.samplers.{sampler}", "num_steps": 2}, "shape_meta": shape_meta}
+    build = {
+        "policy": policy_cfg,
+        "objective": {"_target_": f"policy.objectives.{objective}"},
+        "sampler": {"_target_": f"policy.samplers.{sampler}", "num_steps": 2},
+        "shape_meta": shape_meta,
+    }
     torch.manual_seed(0)
-    policy = build_policy(build["policy"], build["objective"], build["sampler"], shape_meta)
+    policy = ChunkPolicy.from_config(build["policy"], build["objective"], build["sampler"], shape_meta)
     g = torch.Generator().manual_seed(0)
     data = {"action": torch.rand(32, 2, generator=g) * 0.4 - 0.2}
     for key, meta in shape_meta["obs"].items():
@@ -58,8 +76,16 @@ def _build(shape_meta, objective="DDPM", sampler="DDIMSampler"):
 def _checkpoint(path: Path, shape_meta=None, **kwargs) -> Path:
     task = _task_cfg()
     policy, build = _build(shape_meta or task["shape_meta"], **kwargs)
-    save_checkpoint(path, {"step": 7, "config": config_to_yaml({"task": task, "name": "tiny", "seed": 0}),
-                           "build": build, "model": policy.state_dict(), "ema": None})
+    save_checkpoint(
+        path,
+        {
+            "step": 7,
+            "config": config_to_yaml({"task": task, "name": "tiny", "seed": 0}),
+            "build": build,
+            "model": policy.state_dict(),
+            "ema": None,
+        },
+    )
     return path
 
 
@@ -75,15 +101,29 @@ def _cfg(*overrides):
 
 def test_cli_writes_results_json_table_and_videos(ckpt):
     proc = subprocess.run(
-        [sys.executable, "eval.py", f"checkpoint={ckpt}", "n_episodes=2", "n_envs=2", "n_videos=1", "sampler=ddim",
-         "sampler.num_steps=3", "progress=false"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "eval.py",
+            f"checkpoint={ckpt}",
+            "n_episodes=2",
+            "n_envs=2",
+            "n_videos=1",
+            "sampler=ddim",
+            "sampler.num_steps=3",
+            "progress=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     out_dir = next((ckpt.parent.parent / "eval").iterdir())  # default: <run dir>/eval/<time>_ddim-3
     assert out_dir.name.endswith("_ddim-3")
     res = json.loads((out_dir / "results.json").read_text())
-    assert res["checkpoint"] == str(ckpt) and res["step"] == 7 and res["sampler"] == "ddim" and res["weights"] == "model"
+    assert (
+        res["checkpoint"] == str(ckpt) and res["step"] == 7 and res["sampler"] == "ddim" and res["weights"] == "model"
+    )
     assert res["num_steps"] == 3 and res["nfe"] == 3 and res["n_episodes"] == 2
     assert [e["seed"] for e in res["episodes"]] == [100000, 100001]
     assert all(e["length"] == 6 and e["error"] is None for e in res["episodes"])  # untrained: runs to the time limit
@@ -97,9 +137,17 @@ def test_cli_writes_results_json_table_and_videos(ckpt):
 
 
 def test_sweep_runs_valid_pairs_on_the_same_seeds_and_skips_invalid_ones(ckpt, tmp_path, capsys):
-    cfg = _cfg(f"checkpoint={ckpt}", "n_episodes=2", "n_envs=1", "n_videos=0", "progress=false",
-               "sweep.samplers=[ddim,euler]", "sweep.num_steps=[1,2]", f"out_dir={tmp_path}")
-    payload = evaluation.run(cfg)
+    cfg = _cfg(
+        f"checkpoint={ckpt}",
+        "n_episodes=2",
+        "n_envs=1",
+        "n_videos=0",
+        "progress=false",
+        "sweep.samplers=[ddim,euler]",
+        "sweep.num_steps=[1,2]",
+        f"out_dir={tmp_path}",
+    )
+    payload = eval_script.run(cfg)
     assert [(c["sampler"], c["num_steps"]) for c in payload["cells"]] == [("ddim", 1), ("ddim", 2)]
     assert all([e["seed"] for e in c["episodes"]] == [100000, 100001] for c in payload["cells"])
     assert len(payload["skipped"]) == 2 and "euler" in payload["skipped"][0]
@@ -109,16 +157,36 @@ def test_sweep_runs_valid_pairs_on_the_same_seeds_and_skips_invalid_ones(ckpt, t
 
 
 def test_same_seed_reproduces_rollouts_and_sampler_names_resolve(ckpt):
-    policy = evaluation.policy_from_checkpoint(evaluation.load_checkpoint(ckpt))
+    policy = ChunkPolicy.from_checkpoint(ckpt)
     task = _task_cfg(max_steps=4)
-    runs = [evaluation.evaluate(policy, task, n_episodes=2, n_envs=1, seed=5, sampler="ddpm", num_steps=2, progress=False)
-            for _ in range(2)]
+    runs = [
+        evaluation.evaluate(
+            policy,
+            TaskEnv.from_config(task),
+            n_episodes=2,
+            n_envs=1,
+            seed=5,
+            sampler="ddpm",
+            num_steps=2,
+            progress=False,
+        )
+        for _ in range(2)
+    ]
     assert runs[0]["episodes"] == runs[1]["episodes"] and runs[0]["sampler"] == "ddpm"
     assert evaluation.resolve_sampler(policy, "ddim") is policy.sampler
-    full = evaluation.evaluate(policy, task | {"max_episode_steps": 1}, n_episodes=1, n_envs=1, seed=5, sampler="ddpm",
-                               progress=False)
+    full = evaluation.evaluate(
+        policy,
+        TaskEnv.from_config(task | {"max_episode_steps": 1}),
+        n_episodes=1,
+        n_envs=1,
+        seed=5,
+        sampler="ddpm",
+        progress=False,
+    )
     assert full["num_steps"] == 100 and full["nfe"] == 100  # ddpm with null steps runs the full training chain
-    ensembled = evaluation.evaluate(policy, task, n_episodes=1, n_envs=1, seed=5, temporal_ensemble_k=0.1, progress=False)
+    ensembled = evaluation.evaluate(
+        policy, TaskEnv.from_config(task), n_episodes=1, n_envs=1, seed=5, temporal_ensemble_k=0.1, progress=False
+    )
     assert ensembled["latency_ms"]["calls"] == 4 and ensembled["temporal_ensemble_k"] == 0.1  # one plan per step
 
 
@@ -130,13 +198,14 @@ def test_wilson_interval_matches_known_values():
 
 def test_missing_and_truncated_checkpoints_are_one_line_errors(tmp_path, ckpt):
     with pytest.raises(CheckpointError, match="does not exist"):
-        evaluation.run(_cfg(f"checkpoint={tmp_path / 'nope.ckpt'}"))
+        eval_script.run(_cfg(f"checkpoint={tmp_path / 'nope.ckpt'}"))
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(ckpt.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        evaluation.run(_cfg(f"checkpoint={truncated}"))
-    proc = subprocess.run([sys.executable, "eval.py", f"checkpoint={truncated}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+        eval_script.run(_cfg(f"checkpoint={truncated}"))
+    proc = subprocess.run(
+        [sys.executable, "eval.py", f"checkpoint={truncated}"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "corrupt or truncated" in proc.stderr
 
 
@@ -144,7 +213,7 @@ def test_observation_key_mismatch_names_both_sides(tmp_path):
     state_meta = {"obs": {"state": {"shape": [9], "type": "low_dim"}}, "action": {"shape": [2]}}
     path = _checkpoint(tmp_path / "state.ckpt", shape_meta=state_meta)
     with pytest.raises(evaluation.EvalError, match=r"checkpoint observations \{'state': \(9,\)\}.*'agent_pos': \(2,\)"):
-        evaluation.run(_cfg(f"checkpoint={path}", f"out_dir={tmp_path / 'out'}"))
+        eval_script.run(_cfg(f"checkpoint={path}", f"out_dir={tmp_path / 'out'}"))
 
 
 def test_unknown_sampler_option_and_config_key_are_hydra_errors_with_the_options():
@@ -152,12 +221,27 @@ def test_unknown_sampler_option_and_config_key_are_hydra_errors_with_the_options
         _cfg("checkpoint=x", "sampler=dddim")
     with pytest.raises(ConfigCompositionException, match="n_episode"):
         _cfg("checkpoint=x", "n_episode=3")
-    message = evaluation.unknown_option(["checkpoint=x", "sweep.sampler=[ddim]", "n_episode=3"])
+    message = unknown_option(["checkpoint=x", "sweep.sampler=[ddim]", "n_episode=3"], "eval")
     assert message == "unknown option 'sweep.sampler'; valid options under sweep: samplers, num_steps"
-    message = evaluation.unknown_option(["checkpoint=x", "n_episode=3"])
-    assert message.startswith("unknown option 'n_episode'; valid options: checkpoint, use_ema") and "n_episodes" in message
-    assert evaluation.unknown_option(["checkpoint=x", "sampler=ddim", "sampler.num_steps=3", "sweep.num_steps=[1]",
-                                      "+extra=1", "hydra.run.dir=.", "--multirun"]) is None
+    message = unknown_option(["checkpoint=x", "n_episode=3"], "eval")
+    assert (
+        message.startswith("unknown option 'n_episode'; valid options: checkpoint, use_ema") and "n_episodes" in message
+    )
+    assert (
+        unknown_option(
+            [
+                "checkpoint=x",
+                "sampler=ddim",
+                "sampler.num_steps=3",
+                "sweep.num_steps=[1]",
+                "+extra=1",
+                "hydra.run.dir=.",
+                "--multirun",
+            ],
+            "eval",
+        )
+        is None
+    )
 
 
 def test_every_eval_option_has_a_default_and_a_comment():
@@ -170,9 +254,9 @@ def test_every_eval_option_has_a_default_and_a_comment():
 def test_bad_sampler_settings_are_one_line_errors(ckpt, tmp_path):
     base = (f"checkpoint={ckpt}", f"out_dir={tmp_path}")
     with pytest.raises(evaluation.EvalError, match="unknown sampler 'ddimm'; valid options: ddpm, ddim"):
-        evaluation.run(_cfg(*base, "sweep.samplers=[ddimm]"))
+        eval_script.run(_cfg(*base, "sweep.samplers=[ddimm]"))
     with pytest.raises(evaluation.EvalError, match="num_steps must be an int >= 1; got 0"):
-        evaluation.run(_cfg(*base, "sampler=ddim", "sampler.num_steps=0"))
+        eval_script.run(_cfg(*base, "sampler=ddim", "sampler.num_steps=0"))
     with pytest.raises(evaluation.EvalError, match="no valid .* num_steps=200 exceeds the model's num_train_steps=100"):
-        evaluation.run(_cfg(*base, "sweep.num_steps=[200]"))
+        eval_script.run(_cfg(*base, "sweep.num_steps=[200]"))
     assert not list(tmp_path.iterdir())

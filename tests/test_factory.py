@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from policy.factory import build_policy
+from policy.chunk_policy import ChunkPolicy
 from policy.objectives import DDPM, FlowMatching
 from policy.samplers import SAMPLERS
 from policy.transformer import DiffusionTransformer
@@ -23,7 +23,9 @@ LOW_DIM_META = {"obs": {"state": {"shape": [20], "type": "low_dim"}}, "action": 
 
 def _compose(policy: str, objective: str, sampler: str, *extra: str):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        return compose(config_name=None, overrides=[f"+policy={policy}", f"+objective={objective}", f"+sampler={sampler}", *extra])
+        return compose(
+            config_name=None, overrides=[f"+policy={policy}", f"+objective={objective}", f"+sampler={sampler}", *extra]
+        )
 
 
 @pytest.mark.parametrize(
@@ -35,7 +37,7 @@ def _compose(policy: str, objective: str, sampler: str, *extra: str):
 )
 def test_build_from_config_groups_and_run(policy, objective, sampler, denoiser_cls, objective_cls):
     cfg = _compose(policy, objective, sampler, "policy.encoder.crop_shape=[76,76]")
-    built = build_policy(cfg.policy, cfg.objective, cfg.sampler, SHAPE_META)
+    built = ChunkPolicy.from_config(cfg.policy, cfg.objective, cfg.sampler, SHAPE_META)
     assert isinstance(built.denoiser, denoiser_cls) and isinstance(built.objective, objective_cls)
     assert built.sampler.name == sampler and (built.horizon, built.n_obs_steps, built.n_action_steps) == (16, 2, 8)
     assert built.encoder.output_dim == 64 + 2 and built.encoder.crop_hw["image"] == (76, 76)
@@ -43,22 +45,30 @@ def test_build_from_config_groups_and_run(policy, objective, sampler, denoiser_c
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_config_builds_its_class(name):
-    objective = "ddpm" if "ddpm" in SAMPLERS[name].compatible_objectives else "flow"
+    objective = SAMPLERS[name].objective_kind
     cfg = _compose("unet", objective, name)
-    built = build_policy(cfg.policy, cfg.objective, cfg.sampler, LOW_DIM_META)
+    built = ChunkPolicy.from_config(cfg.policy, cfg.objective, cfg.sampler, LOW_DIM_META)
     assert type(built.sampler) is SAMPLERS[name]
 
 
 def test_mismatched_objective_and_sampler_are_refused():
     cfg = _compose("unet", "flow", "ddim")
     with pytest.raises(ValueError, match="valid samplers for flow"):
-        build_policy(cfg.policy, cfg.objective, cfg.sampler, LOW_DIM_META)
+        ChunkPolicy.from_config(cfg.policy, cfg.objective, cfg.sampler, LOW_DIM_META)
 
 
 def test_overrides_reach_the_modules_and_full_size_config_matches_diffusion_policy():
-    cfg = _compose("unet", "ddpm", "ddim", "policy.denoiser.down_dims=[32,64]", "policy.horizon=8", "policy.n_action_steps=4",
-                   "policy.denoiser_dtype=bfloat16", "policy.compile_denoiser=true")
-    built = build_policy(cfg.policy, cfg.objective, cfg.sampler, LOW_DIM_META)
+    cfg = _compose(
+        "unet",
+        "ddpm",
+        "ddim",
+        "policy.denoiser.down_dims=[32,64]",
+        "policy.horizon=8",
+        "policy.n_action_steps=4",
+        "policy.denoiser_dtype=bfloat16",
+        "policy.compile_denoiser=true",
+    )
+    built = ChunkPolicy.from_config(cfg.policy, cfg.objective, cfg.sampler, LOW_DIM_META)
     assert built.denoiser.horizon == 8 and len(built.denoiser.down) == 2
     assert built.denoiser_dtype == "bfloat16" and built.compile_denoiser
     full = _compose("unet_dp", "ddpm", "ddim").policy
@@ -71,14 +81,19 @@ def test_overrides_reach_the_modules_and_full_size_config_matches_diffusion_poli
 def test_bad_shape_meta_and_policy_config_are_refused():
     cfg = _compose("unet", "ddpm", "ddim")
     with pytest.raises(ValueError, match="'obs' and 'action'"):
-        build_policy(cfg.policy, cfg.objective, cfg.sampler, {"obs": LOW_DIM_META["obs"]})
+        ChunkPolicy.from_config(cfg.policy, cfg.objective, cfg.sampler, {"obs": LOW_DIM_META["obs"]})
     with pytest.raises(ValueError, match="lacks"):
-        build_policy({"horizon": 16}, cfg.objective, cfg.sampler, LOW_DIM_META)
+        ChunkPolicy.from_config({"horizon": 16}, cfg.objective, cfg.sampler, LOW_DIM_META)
 
 
 def test_every_config_option_has_a_comment():
     for path in sorted(CONFIGS.rglob("*.yaml")):
         for line in path.read_text().splitlines():
             stripped = line.strip()
-            if stripped and not stripped.startswith("#") and not stripped.startswith("_target_") and not stripped.endswith(":"):
+            if (
+                stripped
+                and not stripped.startswith("#")
+                and not stripped.startswith("_target_")
+                and not stripped.endswith(":")
+            ):
                 assert "  # " in line, f"{path.name}: option without a comment: {line!r}"

@@ -7,22 +7,23 @@ import sys
 from pathlib import Path
 
 import gymnasium
+import mujoco
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import envs
+import train
+from data.collect import collect
+from data.replay_buffer import ReplayBuffer
+from envs.experts import make_expert
+from envs.metaworld import MetaWorldEnv
 from envs.metaworld_tasks import METAWORLD_TASK_NAMES, metaworld_env_id
-
-pytest.importorskip("metaworld")
-
-import mujoco  # noqa: E402
-
-from data.collect import collect  # noqa: E402
-from data.replay_buffer import ReplayBuffer  # noqa: E402
-from envs.experts import make_expert  # noqa: E402
-from envs.metaworld import MetaWorldEnv  # noqa: E402
+from envs.task_env import TaskEnv
+from policy.checkpoint import checkpoint_config, load_checkpoint
+from policy.chunk_policy import ChunkPolicy
+from policy.evaluation import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,7 +171,10 @@ def test_expert_noise_is_seeded_and_bounded():
     env = MetaWorldEnv("reach-v3", include_image=False)
     try:
         obs, _ = env.reset(seed=0)
-        clean, noisy = make_expert("actchunk/MetaWorld-reach-v3"), make_expert("actchunk/MetaWorld-reach-v3", noise_std=0.5)
+        clean, noisy = (
+            make_expert("actchunk/MetaWorld-reach-v3"),
+            make_expert("actchunk/MetaWorld-reach-v3", noise_std=0.5),
+        )
         clean.reset(env, np.random.default_rng(0))
         draws = []
         for _ in range(2):
@@ -188,7 +192,10 @@ def test_async_vector_env():
     # spawn, not the default fork: earlier tests opened EGL contexts in this process, and a forked child of a
     # process that ever initialised EGL hangs in its own EGL setup.
     vec = gymnasium.make_vec(
-        "actchunk/MetaWorld-reach-v3", num_envs=2, vectorization_mode="async", vector_kwargs={"context": "spawn"},
+        "actchunk/MetaWorld-reach-v3",
+        num_envs=2,
+        vectorization_mode="async",
+        vector_kwargs={"context": "spawn"},
         image_size=32,
     )
     try:
@@ -213,7 +220,10 @@ def test_task_config_matches_env():
     assert cfg["name"] == "pick-place-v3" and cfg["env_id"] == "actchunk/MetaWorld-pick-place-v3"
     env = gymnasium.make(cfg["env_id"], max_episode_steps=cfg["max_episode_steps"], **cfg["env_kwargs"])
     try:
-        assert cfg["fps"] == env.metadata["render_fps"] and cfg["max_episode_steps"] == gymnasium.spec(cfg["env_id"]).max_episode_steps
+        assert (
+            cfg["fps"] == env.metadata["render_fps"]
+            and cfg["max_episode_steps"] == gymnasium.spec(cfg["env_id"]).max_episode_steps
+        )
         for meta in (cfg["shape_meta"], cfg["state_shape_meta"]):
             for key, spec in meta["obs"].items():
                 assert tuple(spec["shape"]) == env.observation_space[key].shape, key
@@ -236,22 +246,32 @@ def test_collect_command_config_for_any_task(tmp_path):
 
 
 def test_collect_train_eval_any_task_by_name(tmp_path):
-    from eval import evaluate
-    from policy.checkpoint import checkpoint_config, load_checkpoint, policy_from_checkpoint
-    from train import train
-
     store = tmp_path / "reach.zarr"
     overrides = [
-        "task=metaworld", "task.name=reach-v3", "task.n_demos=2", f"task.dataset_path={store}",
-        "task.env_kwargs.image_size=32", "policy.encoder.crop_shape=[28,28]", "policy.encoder.feature_dim=8",
-        "policy.encoder.num_keypoints=4", "policy.denoiser.down_dims=[16,32]", "policy.denoiser.diffusion_step_embed_dim=16",
-        "policy.horizon=8", "policy.n_action_steps=4", "training.batch_size=8", "training.max_steps=3",
-        "training.warmup_steps=1", "training.val_batches=1", "dataset.collect_workers=1", "objective=ddpm",
-        f"output_root={tmp_path}", "name=mw_tiny",
+        "task=metaworld",
+        "task.name=reach-v3",
+        "task.n_demos=2",
+        f"task.dataset_path={store}",
+        "task.env_kwargs.image_size=32",
+        "policy.encoder.crop_shape=[28,28]",
+        "policy.encoder.feature_dim=8",
+        "policy.encoder.num_keypoints=4",
+        "policy.denoiser.down_dims=[16,32]",
+        "policy.denoiser.diffusion_step_embed_dim=16",
+        "policy.horizon=8",
+        "policy.n_action_steps=4",
+        "training.batch_size=8",
+        "training.max_steps=3",
+        "training.warmup_steps=1",
+        "training.val_batches=1",
+        "dataset.collect_workers=1",
+        "objective=ddpm",
+        f"output_root={tmp_path}",
+        "name=mw_tiny",
     ]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose("train", overrides=overrides)
-    summary = train(cfg, tmp_path / "run", progress=False)  # collects the missing store with the expert first
+    summary = train.run(cfg, tmp_path / "run", progress=False)  # collects the missing store with the expert first
     buffer = ReplayBuffer.open(store)
     assert buffer.n_episodes == 2 and buffer.episode_meta("success").all() and buffer.attrs["task"] == "reach-v3"
     assert summary["step"] == 3 and summary["stopped_by"] is None
@@ -259,13 +279,23 @@ def test_collect_train_eval_any_task_by_name(tmp_path):
     ckpt = load_checkpoint(summary["latest"])
     task_cfg = checkpoint_config(ckpt)["task"]  # the checkpoint alone names the task, as eval.py uses it
     assert ckpt["build"]["shape_meta"]["obs"]["image"]["shape"] == [32, 32, 3] and task_cfg["name"] == "reach-v3"
-    policy = policy_from_checkpoint(ckpt)
-    results = evaluate(policy, {**task_cfg, "max_episode_steps": 20}, n_episodes=2, n_envs=2, seed=100000, progress=False)
+    policy = ChunkPolicy.from_checkpoint(summary["latest"], loaded=ckpt)
+    results = evaluate(
+        policy,
+        TaskEnv.from_config({**task_cfg, "max_episode_steps": 20}),
+        n_episodes=2,
+        n_envs=2,
+        seed=100000,
+        progress=False,
+    )
     assert results["task"] == "actchunk/MetaWorld-reach-v3"
     assert results["n_episodes"] == 2 and results["n_errors"] == 0 and results["sampler"] == "ddim"
     assert results["num_steps"] == 10 and results["nfe"] == 10
     assert [e["seed"] for e in results["episodes"]] == [100000, 100001]
     assert all(1 <= e["length"] <= 20 for e in results["episodes"]) and results["mean_length"] <= 20
-    assert 0.0 <= results["success_rate"] <= 1.0 and results["success_ci95"][0] <= results["success_rate"] <= results["success_ci95"][1]
+    assert (
+        0.0 <= results["success_rate"] <= 1.0
+        and results["success_ci95"][0] <= results["success_rate"] <= results["success_ci95"][1]
+    )
     longest = max(e["length"] for e in results["episodes"])
     assert results["mean_max_reward"] > 0 and results["latency_ms"]["calls"] >= -(-longest // 4)  # both envs per call

@@ -14,6 +14,7 @@ from gymnasium.utils.env_checker import check_env
 from omegaconf import OmegaConf
 
 import envs
+from configs import compose_config
 from envs.mujoco_env import MujocoTaskEnv
 
 TASK_IDS = sorted(envs.TASKS)
@@ -138,12 +139,14 @@ def test_registered_with_time_limit(env_id):
     env.close()
 
 
-OWN_TASK_CONFIGS = [p for p in sorted(CONFIG_DIR.glob("*.yaml")) if p.stem != "metaworld"]  # test_metaworld.py checks that one
+OWN_TASK_CONFIGS = [
+    p for p in sorted(CONFIG_DIR.glob("*.yaml")) if p.stem != "metaworld"
+]  # test_metaworld.py checks that one
 
 
 @pytest.mark.parametrize("config", OWN_TASK_CONFIGS, ids=lambda p: p.stem)
 def test_task_config_matches_env(config):
-    cfg = OmegaConf.to_container(OmegaConf.create({"task": OmegaConf.load(config)}), resolve=True)["task"]
+    cfg = OmegaConf.to_container(compose_config("train", [f"task={config.stem}"]).task, resolve=True)
     assert cfg["name"] == config.stem and cfg["env_id"] in envs.TASKS
     assert cfg["max_episode_steps"] == envs.TASKS[cfg["env_id"]][1]
     env = make(cfg["env_id"], **cfg["env_kwargs"])

@@ -50,7 +50,9 @@ def test_noising_and_targets_match_diffusers(prediction):
     scheduler = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2")
     x0, noise = randn(*SHAPE), randn(*SHAPE, seed=1)
     t = torch.tensor([0, 1, 17, 50, 63, 98, 99, 42])
-    torch.testing.assert_close(objective.add_noise(x0, noise, t), scheduler.add_noise(x0, noise, t), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        objective.add_noise(x0, noise, t), scheduler.add_noise(x0, noise, t), rtol=1e-5, atol=1e-6
+    )
     expected = {"epsilon": noise, "sample": x0, "v": scheduler.get_velocity(x0, noise, t)}[prediction]
     torch.testing.assert_close(objective.target(x0, noise, t), expected, rtol=1e-5, atol=1e-6)
 

@@ -39,8 +39,14 @@ def test_image_and_low_dim_features_shape(backbone, hw, crop):
 
 
 def test_small_trunk_channels_are_configurable():
-    enc = ObsEncoder(_cams("image"), backbone="small", crop_shape=(16, 16), feature_dim=4, num_keypoints=4,
-                     small_channels=(8, 12, 16))
+    enc = ObsEncoder(
+        _cams("image"),
+        backbone="small",
+        crop_shape=(16, 16),
+        feature_dim=4,
+        num_keypoints=4,
+        small_channels=(8, 12, 16),
+    )
     trunk = enc.image_encoders["image"].trunk
     convs = [m for m in trunk.modules() if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 8), (8, 12), (12, 16)]

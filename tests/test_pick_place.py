@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mujoco
 import numpy as np
 import pytest
 
@@ -118,8 +119,6 @@ def test_expert_rejects_negative_noise():
 
 
 def test_top_camera_sees_the_cube_where_it_is():
-    import mujoco  # after envs chose MUJOCO_GL
-
     red = {}
     for side, x in (("left", -0.07), ("right", 0.07)):
         env = PickPlaceEnv(image_size=64, camera="top")

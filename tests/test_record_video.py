@@ -1,11 +1,11 @@
-"""Tests for envs.record_video (expert rollout videos)."""
+"""Tests for data.record_video (expert rollout videos)."""
 
 from __future__ import annotations
 
 import imageio.v2 as imageio
 import pytest
 
-from envs.record_video import HOLD_STEPS, record_expert_video
+from data.record_video import HOLD_STEPS, record_expert_video
 
 
 def test_writes_every_frame_of_the_expert_episodes(tmp_path):

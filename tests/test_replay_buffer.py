@@ -103,8 +103,9 @@ def test_float64_is_stored_as_float32_and_ints_cast(tmp_path: Path) -> None:
 def _dp_v2_group(root: zarr.Group) -> None:
     """Write Diffusion Policy's layout (zarr format 2, numcodecs Blosc) into ``root``."""
     data = root.require_group("data")
-    img = data.create_array("img", shape=(6, 4, 4, 3), chunks=(2, 4, 4, 3), dtype="uint8",
-                            compressors=numcodecs.Blosc("zstd", 5))
+    img = data.create_array(
+        "img", shape=(6, 4, 4, 3), chunks=(2, 4, 4, 3), dtype="uint8", compressors=numcodecs.Blosc("zstd", 5)
+    )
     img[:] = np.arange(6 * 48, dtype=np.uint8).reshape(6, 4, 4, 3)
     data.create_array("action", shape=(6, 2), chunks=(6, 2), dtype="float32")[:] = np.arange(12).reshape(6, 2)
     root.require_group("meta").create_array("episode_ends", shape=(2,), dtype="int64")[:] = [2, 6]
@@ -139,8 +140,9 @@ def test_reads_jpeg2000_images_of_diffusion_policy_image_stores(tmp_path: Path) 
     path = tmp_path / "image.zarr"
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     frames = np.tile(np.linspace(0, 255, 16, dtype=np.uint8)[None, :, None, None], (4, 1, 16, 3))
-    root.require_group("data").create_array("img", shape=frames.shape, chunks=(1, 16, 16, 3), dtype="uint8",
-                                            compressors=Jpeg2k(level=50))[:] = frames
+    root.require_group("data").create_array(
+        "img", shape=frames.shape, chunks=(1, 16, 16, 3), dtype="uint8", compressors=Jpeg2k(level=50)
+    )[:] = frames
     root.require_group("meta").create_array("episode_ends", shape=(1,), dtype="int64")[:] = [4]
     img = ReplayBuffer.open(path)["img"]
     assert img.shape == frames.shape and img.dtype == np.uint8

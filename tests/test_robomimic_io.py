@@ -35,8 +35,11 @@ def hdf5(tmp_path: Path) -> Path:
 
 
 def test_import_numeric_order_key_map_and_masks(hdf5: Path, tmp_path: Path) -> None:
-    buf = import_hdf5(hdf5, tmp_path / "out.zarr", key_map={
-        "image": "agentview_image", "agent_pos": ["robot0_eef_pos", "robot0_gripper_qpos"]})
+    buf = import_hdf5(
+        hdf5,
+        tmp_path / "out.zarr",
+        key_map={"image": "agentview_image", "agent_pos": ["robot0_eef_pos", "robot0_gripper_qpos"]},
+    )
     assert buf.keys() == ["action", "agent_pos", "image"]
     np.testing.assert_array_equal(buf.episode_meta("robomimic_demo"), [1, 2, 10])
     np.testing.assert_array_equal(buf.episode_lengths, [3, 5, 4])
@@ -74,16 +77,25 @@ def test_export_is_read_by_robomimic_sequence_dataset(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     episodes = []
     for t in (6, 9, 7):
-        ep = {"image": rng.integers(0, 256, (t, 8, 8, 3), dtype=np.uint8),
-              "agent_pos": rng.normal(size=(t, 2)).astype(np.float32),
-              "action": rng.normal(size=(t, 2)).astype(np.float32)}
+        ep = {
+            "image": rng.integers(0, 256, (t, 8, 8, 3), dtype=np.uint8),
+            "agent_pos": rng.normal(size=(t, 2)).astype(np.float32),
+            "action": rng.normal(size=(t, 2)).astype(np.float32),
+        }
         buf.add_episode(ep)
         episodes.append(ep)
     out = export_hdf5(tmp_path / "ours.zarr", tmp_path / "ours.hdf5", val_ratio=0.34, seed=0)
 
     ObsUtils.initialize_obs_utils_with_obs_specs({"obs": {"low_dim": ["agent_pos"], "rgb": ["image"]}})
-    ds = SequenceDataset(hdf5_path=str(out), obs_keys=("agent_pos", "image"), dataset_keys=("actions",),
-                         seq_length=4, frame_stack=1, hdf5_cache_mode=None, load_next_obs=True)
+    ds = SequenceDataset(
+        hdf5_path=str(out),
+        obs_keys=("agent_pos", "image"),
+        dataset_keys=("actions",),
+        seq_length=4,
+        frame_stack=1,
+        hdf5_cache_mode=None,
+        load_next_obs=True,
+    )
     assert ds.n_demos == 3 and len(ds) == 6 + 9 + 7
     item = ds[6]  # first window of demo_1
     np.testing.assert_allclose(item["actions"], episodes[1]["action"][:4], rtol=1e-6)
@@ -92,10 +104,20 @@ def test_export_is_read_by_robomimic_sequence_dataset(tmp_path: Path) -> None:
     np.testing.assert_allclose(item["next_obs"]["agent_pos"][:3], episodes[1]["agent_pos"][1:4], rtol=1e-6)
     last = ds[6 + 8]  # last step of demo_1: the window is padded with its final frame
     np.testing.assert_allclose(last["actions"], np.repeat(episodes[1]["action"][-1:], 4, axis=0), rtol=1e-6)
-    train = SequenceDataset(hdf5_path=str(out), obs_keys=("agent_pos",), dataset_keys=("actions",),
-                            filter_by_attribute="train", load_next_obs=False)
-    valid = SequenceDataset(hdf5_path=str(out), obs_keys=("agent_pos",), dataset_keys=("actions",),
-                            filter_by_attribute="valid", load_next_obs=False)
+    train = SequenceDataset(
+        hdf5_path=str(out),
+        obs_keys=("agent_pos",),
+        dataset_keys=("actions",),
+        filter_by_attribute="train",
+        load_next_obs=False,
+    )
+    valid = SequenceDataset(
+        hdf5_path=str(out),
+        obs_keys=("agent_pos",),
+        dataset_keys=("actions",),
+        filter_by_attribute="valid",
+        load_next_obs=False,
+    )
     assert train.n_demos + valid.n_demos == 3 and set(train.demos).isdisjoint(valid.demos)
     # And back again: import of our own export reproduces the episodes.
     back = import_hdf5(out, tmp_path / "back.zarr", key_map={"image": "image", "agent_pos": "agent_pos"})

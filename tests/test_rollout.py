@@ -12,8 +12,8 @@ import torch
 from gymnasium import spaces
 from gymnasium.wrappers import TimeLimit
 
-from envs.wrappers import ReportEnvErrors
 from policy.controller import RecedingHorizonController
+from policy.env_errors import ReportEnvErrors
 from policy.rollout import run_episodes
 
 
@@ -99,7 +99,10 @@ def test_dead_worker_fails_its_episode_and_in_flight_episodes_are_rerun():
 
 def test_videos_of_the_first_episodes_are_named_by_outcome(tmp_path):
     records = _run(2, [40, 41, 42], env={"bad_seed": 41}, video_dir=tmp_path, n_videos=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["episode_0_seed40_success.mp4", "episode_1_seed41_failure.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "episode_0_seed40_success.mp4",
+        "episode_1_seed41_failure.mp4",
+    ]
     assert records[0]["success"] and (tmp_path / "episode_0_seed40_success.mp4").stat().st_size > 0
     assert records[1]["video"] == str(tmp_path / "episode_1_seed41_failure.mp4") and records[2]["video"] is None
 

@@ -22,16 +22,19 @@ def test_exact_windows_at_episode_edges() -> None:
     # pad_before = 1, pad_after = 2: starts -1..L-4+2 per episode -> ep0: -1..1 (3), ep1: -1..3 (5).
     assert len(s) == 8
     b = s.sample_batch(np.arange(8))
-    expected_action = 2 * np.array([
-        [0, 0, 1, 2],
-        [0, 1, 2, 2],
-        [1, 2, 2, 2],
-        [10, 10, 11, 12],
-        [10, 11, 12, 13],
-        [11, 12, 13, 14],
-        [12, 13, 14, 14],
-        [13, 14, 14, 14],
-    ], dtype=np.float32)
+    expected_action = 2 * np.array(
+        [
+            [0, 0, 1, 2],
+            [0, 1, 2, 2],
+            [1, 2, 2, 2],
+            [10, 10, 11, 12],
+            [10, 11, 12, 13],
+            [11, 12, 13, 14],
+            [12, 13, 14, 14],
+            [13, 14, 14, 14],
+        ],
+        dtype=np.float32,
+    )
     np.testing.assert_array_equal(b["action"][..., 0], expected_action)
     np.testing.assert_array_equal(b["obs"][..., 0], expected_action[:, :2] / 2)
     assert b["obs"].shape == (8, 2, 1) and b["action"].shape == (8, 4, 1)
@@ -65,8 +68,9 @@ def test_lazy_zarr_arrays_match_numpy(tmp_path) -> None:
     buf = ReplayBuffer.create(tmp_path / "s.zarr", chunk_bytes=8)
     buf.add_episode({k: v[:3] for k, v in arrays.items()})
     buf.add_episode({k: v[3:] for k, v in arrays.items()})
-    lazy = SequenceSampler({k: buf.array(k) for k in buf.keys()}, buf.episode_ends, horizon=4, n_obs_steps=2,
-                           n_action_steps=3)
+    lazy = SequenceSampler(
+        {k: buf.array(k) for k in buf.keys()}, buf.episode_ends, horizon=4, n_obs_steps=2, n_action_steps=3
+    )
     eager = SequenceSampler(arrays, ends, horizon=4, n_obs_steps=2, n_action_steps=3)
     idx = np.array([7, 0, 3, 3])
     for k in ("obs", "action"):

@@ -80,8 +80,12 @@ def test_ddpm_ancestral_trajectory_matches_diffusers(prediction, clip_sample):
     noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for spacing, n in (("leading", 100), ("trailing", 10), ("linspace", 7)):
         scheduler = DDPMScheduler(
-            num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type=DIFFUSERS_PREDICTION[prediction],
-            clip_sample=clip_sample, variance_type="fixed_small", timestep_spacing=spacing,
+            num_train_timesteps=100,
+            beta_schedule="squaredcos_cap_v2",
+            prediction_type=DIFFUSERS_PREDICTION[prediction],
+            clip_sample=clip_sample,
+            variance_type="fixed_small",
+            timestep_spacing=spacing,
         )
         expected = diffusers_loop(scheduler, objective, noise, n, generator=torch.Generator().manual_seed(1))
         sampler = DDPMSampler(spacing=spacing)
@@ -97,8 +101,12 @@ def test_ddim_trajectory_matches_diffusers(prediction, eta):
     # diffusers' DDIM steps to t - T//n: identical to ours whenever the timesteps are spaced by T//n.
     for spacing, n in (("leading", 10), ("leading", 3), ("trailing", 20), ("trailing", 1)):
         scheduler = DDIMScheduler(
-            num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type=DIFFUSERS_PREDICTION[prediction],
-            clip_sample=True, set_alpha_to_one=True, timestep_spacing=spacing,
+            num_train_timesteps=100,
+            beta_schedule="squaredcos_cap_v2",
+            prediction_type=DIFFUSERS_PREDICTION[prediction],
+            clip_sample=True,
+            set_alpha_to_one=True,
+            timestep_spacing=spacing,
         )
         expected = diffusers_loop(scheduler, objective, noise, n, generator=torch.Generator().manual_seed(1), eta=eta)
         sampler = DDIMSampler(eta=eta, spacing=spacing)
@@ -115,16 +123,23 @@ def test_dpmsolver_trajectory_matches_diffusers(prediction, schedule):
     for spacing in ("trailing", "leading", "linspace"):
         for n in (1, 2, 3, 5, 20):
             scheduler = DPMSolverMultistepScheduler(
-                num_train_timesteps=num_train_steps, beta_schedule=schedule,
-                prediction_type=DIFFUSERS_PREDICTION[prediction], algorithm_type="dpmsolver++", solver_order=2,
-                solver_type="midpoint", lower_order_final=True, timestep_spacing="trailing",
+                num_train_timesteps=num_train_steps,
+                beta_schedule=schedule,
+                prediction_type=DIFFUSERS_PREDICTION[prediction],
+                algorithm_type="dpmsolver++",
+                solver_order=2,
+                solver_type="midpoint",
+                lower_order_final=True,
+                timestep_spacing="trailing",
             )
             # diffusers defines leading/linspace differently for this scheduler, so pass our timesteps explicitly.
             timesteps = discrete_timesteps(num_train_steps, n, spacing).tolist()
             scheduler.set_timesteps(timesteps=timesteps)
             float32_sigmas = scheduler.sigmas
             abar = objective.alphas_cumprod[timesteps]
-            scheduler.sigmas = torch.cat([((1 - abar) / abar).sqrt(), abar.new_zeros(1)])  # float64, as diffusers defines it
+            scheduler.sigmas = torch.cat(
+                [((1 - abar) / abar).sqrt(), abar.new_zeros(1)]
+            )  # float64, as diffusers defines it
             torch.testing.assert_close(scheduler.sigmas.float(), float32_sigmas, rtol=1e-5, atol=1e-6)
             x = noise
             for t in scheduler.timesteps:
@@ -157,7 +172,7 @@ def mixture_noise():
     ids=["ddpm-100", "ddim-50", "dpmsolver-20", "heun-20"],
 )
 def test_exact_denoiser_reproduces_the_mixture(sampler, num_steps, mixture_noise):
-    if sampler.compatible_objectives == ("flow",):
+    if sampler.objective_kind == "flow":
         objective = FlowMatching()
         denoiser = MIXTURE.flow_denoiser(objective)
     else:
@@ -185,8 +200,12 @@ def test_every_prediction_type_gives_the_same_samples(prediction, mixture_noise)
     reference = DDPM(clip_sample=False)
     objective = DDPM(prediction=prediction, clip_sample=False)
     for sampler in (DDIMSampler(num_steps=10), DPMSolverPPSampler(num_steps=10), DDPMSampler(num_steps=10)):
-        expected = sampler.sample(MIXTURE.ddpm_denoiser(reference), reference, noise, generator=torch.Generator().manual_seed(3))
-        ours = sampler.sample(MIXTURE.ddpm_denoiser(objective), objective, noise, generator=torch.Generator().manual_seed(3))
+        expected = sampler.sample(
+            MIXTURE.ddpm_denoiser(reference), reference, noise, generator=torch.Generator().manual_seed(3)
+        )
+        ours = sampler.sample(
+            MIXTURE.ddpm_denoiser(objective), objective, noise, generator=torch.Generator().manual_seed(3)
+        )
         torch.testing.assert_close(ours, expected, rtol=1e-7, atol=1e-7)
 
 
@@ -284,7 +303,9 @@ def test_ddpm_samplers_see_integer_timesteps_from_the_noisiest():
 def test_stochastic_samplers_are_reproducible_with_a_generator():
     objective, noise = DDPM(), torch.randn(SHAPE)
     for sampler in (DDPMSampler(num_steps=10), DDIMSampler(eta=1.0)):
-        runs = [sampler.sample(model_fn, objective, noise, generator=torch.Generator().manual_seed(s)) for s in (5, 5, 6)]
+        runs = [
+            sampler.sample(model_fn, objective, noise, generator=torch.Generator().manual_seed(s)) for s in (5, 5, 6)
+        ]
         torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
         assert not torch.allclose(runs[0], runs[2])
 
@@ -292,7 +313,11 @@ def test_stochastic_samplers_are_reproducible_with_a_generator():
 def test_tables_cached_under_inference_mode_still_serve_autograd():
     weight = torch.tensor(0.5, requires_grad=True)
     noise = torch.randn(SHAPE)
-    for sampler, objective in ((DDIMSampler(), DDPM()), (DPMSolverPPSampler(), DDPM()), (HeunSampler(), FlowMatching())):
+    for sampler, objective in (
+        (DDIMSampler(), DDPM()),
+        (DPMSolverPPSampler(), DDPM()),
+        (HeunSampler(), FlowMatching()),
+    ):
         with torch.inference_mode():
             sampler.sample(model_fn, objective, noise)
         sampler.sample(lambda x, t: weight * model_fn(x, t), objective, noise).sum().backward()

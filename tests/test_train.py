@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from data.collect import collect
 from policy.checkpoint import load_checkpoint
 from policy.chunk_policy import ChunkPolicy
-from train import train
+from train import run as train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,12 +29,26 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_overrides(tmp: Path, store: Path) -> list[str]:
     """A 32 px PushAround image policy small enough to train a few steps in a second."""
     return [
-        "task=push_around", "task.env_kwargs.image_size=32", f"task.dataset_path={store}", "task.n_demos=4",
-        "policy.encoder.crop_shape=[28,28]", "policy.encoder.feature_dim=8", "policy.encoder.num_keypoints=4",
-        "policy.denoiser.down_dims=[16,32]", "policy.denoiser.diffusion_step_embed_dim=16", "policy.horizon=8",
-        "policy.n_action_steps=4", "training.batch_size=8", "training.warmup_steps=2", "training.log_every=1",
-        "training.val_every=10", "training.val_batches=2", "training.checkpoint_every=5", f"output_root={tmp}",
-        "dataset.collect_workers=1", "name=tiny",
+        "task=push_around",
+        "task.env_kwargs.image_size=32",
+        f"task.dataset_path={store}",
+        "task.n_demos=4",
+        "policy.encoder.crop_shape=[28,28]",
+        "policy.encoder.feature_dim=8",
+        "policy.encoder.num_keypoints=4",
+        "policy.denoiser.down_dims=[16,32]",
+        "policy.denoiser.diffusion_step_embed_dim=16",
+        "policy.horizon=8",
+        "policy.n_action_steps=4",
+        "training.batch_size=8",
+        "training.warmup_steps=2",
+        "training.log_every=1",
+        "training.val_every=10",
+        "training.val_batches=2",
+        "training.checkpoint_every=5",
+        f"output_root={tmp}",
+        "dataset.collect_workers=1",
+        "name=tiny",
     ]
 
 
@@ -55,8 +69,15 @@ def _compose(overrides: list[str]):
 
 def _run(args: list[str], **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -115,16 +136,28 @@ def test_config_errors_name_the_problem(tmp_path, store):
     with pytest.raises(ValueError, match="obs='pixels' is unknown"):
         train(_compose([*tiny_overrides(tmp_path, store), "obs=pixels"]), tmp_path / "x", progress=False)
     with pytest.raises(ValueError, match=r"env_kwargs \{'image_size': 32\}, the task config has \{'image_size': 48\}"):
-        train(_compose([*tiny_overrides(tmp_path, store), "task.env_kwargs.image_size=48"]), tmp_path / "y", progress=False)
+        train(
+            _compose([*tiny_overrides(tmp_path, store), "task.env_kwargs.image_size=48"]),
+            tmp_path / "y",
+            progress=False,
+        )
     with pytest.raises(ValueError, match=r"holds 'state' with shape \(6,\) but the task config says \(7,\)"):
-        train(_compose([*tiny_overrides(tmp_path, store), "obs=state", "task.state_shape_meta.obs.state.shape=[7]"]),
-              tmp_path / "z", progress=False)
+        train(
+            _compose([*tiny_overrides(tmp_path, store), "obs=state", "task.state_shape_meta.obs.state.shape=[7]"]),
+            tmp_path / "z",
+            progress=False,
+        )
 
 
 def test_tiny_end_to_end_collect_train_eval(tmp_path):
     store = tmp_path / "auto.zarr"  # missing: train.py collects it with the expert first
-    args = [*tiny_overrides(tmp_path, store), "task.n_demos=3", "training.max_steps=50", "training.checkpoint_every=50",
-            f"hydra.run.dir={tmp_path / 'run'}"]
+    args = [
+        *tiny_overrides(tmp_path, store),
+        "task.n_demos=3",
+        "training.max_steps=50",
+        "training.checkpoint_every=50",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     trained = _run(args)
     out, _ = trained.communicate(timeout=180)
     assert trained.returncode == 0, out[-2000:]
@@ -132,9 +165,20 @@ def test_tiny_end_to_end_collect_train_eval(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "latest.ckpt"
     assert load_checkpoint(ckpt)["step"] == 50
     evaluated = subprocess.run(
-        [sys.executable, "eval.py", f"checkpoint={ckpt}", "n_episodes=2", "n_envs=2", "n_videos=1",
-         f"out_dir={tmp_path / 'eval'}", "progress=false"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "eval.py",
+            f"checkpoint={ckpt}",
+            "n_episodes=2",
+            "n_envs=2",
+            "n_videos=1",
+            f"out_dir={tmp_path / 'eval'}",
+            "progress=false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
@@ -153,8 +197,14 @@ def test_nan_in_stored_actions_is_refused_before_training(tmp_path, store):
 
 
 def test_cli_names_an_unknown_key_with_the_valid_ones():
-    done = subprocess.run([sys.executable, "train.py", "training.max_stepz=3"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "train.py", "training.max_stepz=3"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        "train.py: error: unknown option 'training.max_stepz'; valid options under training: max_steps, batch_size")
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "train.py: error: unknown option 'training.max_stepz'; valid options under training: max_steps, batch_size"
+        )
+    )

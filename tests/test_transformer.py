@@ -8,8 +8,17 @@ from policy.transformer import DiffusionTransformer
 
 def _model(**kw) -> DiffusionTransformer:
     torch.manual_seed(0)
-    args = dict(action_dim=2, cond_dim=5, n_obs_steps=2, horizon=8, d_model=32, n_layers=2, n_heads=4, dropout=0.0,
-                diffusion_step_embed_dim=16)
+    args = dict(
+        action_dim=2,
+        cond_dim=5,
+        n_obs_steps=2,
+        horizon=8,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        dropout=0.0,
+        diffusion_step_embed_dim=16,
+    )
     args.update(kw)
     model = DiffusionTransformer(**args)
     with torch.no_grad():  # leave the adaLN-Zero start so the conditioning paths are exercised

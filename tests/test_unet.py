@@ -9,8 +9,15 @@ from policy.unet import ConditionalUnet1D, Conv1d, ConvTranspose1d, from_channel
 
 def _unet(**kw) -> ConditionalUnet1D:
     torch.manual_seed(0)
-    args = dict(action_dim=2, cond_dim=5, n_obs_steps=2, horizon=16, down_dims=(16, 32, 64), n_groups=8,
-                diffusion_step_embed_dim=16)
+    args = dict(
+        action_dim=2,
+        cond_dim=5,
+        n_obs_steps=2,
+        horizon=16,
+        down_dims=(16, 32, 64),
+        n_groups=8,
+        diffusion_step_embed_dim=16,
+    )
     args.update(kw)
     return ConditionalUnet1D(**args)
 

@@ -1,6 +1,6 @@
 """Write a short mp4 of the scripted expert acting in a task (render() frames, one episode after another).
 
-    python -m envs.record_video --env actchunk/PushAround-v0 --out outputs/videos/push_around.mp4 --episodes 4
+python -m data.record_video --env actchunk/PushAround-v0 --out outputs/videos/push_around.mp4 --episodes 4
 """
 
 from __future__ import annotations
@@ -14,24 +14,24 @@ import imageio.v2 as imageio
 import numpy as np
 
 import envs
+from data.atomic import atomic_path
+from envs import check_env_id
 from envs.experts import make_expert
 
 HOLD_STEPS = 5  # frames kept after the first success before the next episode starts
 
 
-def record_expert_video(env_id: str, out: str | Path, *, episodes: int = 2, seed: int = 0, render_size: int = 256) -> dict:
+def record_expert_video(
+    env_id: str, out: str | Path, *, episodes: int = 2, seed: int = 0, render_size: int = 256
+) -> dict:
     """Roll out the expert for `episodes` seeded episodes, write the frames to `out` (mp4), return per-episode stats."""
     if episodes < 1:
         raise ValueError(f"episodes={episodes} must be >= 1")
-    if env_id not in envs.TASKS and env_id not in envs.METAWORLD_TASKS:
-        raise ValueError(f"unknown env id {env_id!r}; choose one of {sorted(envs.TASKS)} or actchunk/MetaWorld-<task>")
+    check_env_id(env_id)
     env = gymnasium.make(env_id, render_size=render_size, include_image=False, disable_env_checker=True)
     expert = make_expert(env_id)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     stats = []
-    with imageio.get_writer(tmp, fps=env.metadata["render_fps"], macro_block_size=1) as writer:
+    with atomic_path(out) as tmp, imageio.get_writer(tmp, fps=env.metadata["render_fps"], macro_block_size=1) as writer:
         for episode in range(episodes):
             obs, info = env.reset(seed=seed + episode)
             expert.reset(env, np.random.default_rng([seed + episode, 1]))
@@ -45,9 +45,10 @@ def record_expert_video(env_id: str, out: str | Path, *, episodes: int = 2, seed
                 steps_after_success += success
                 if terminated or truncated:
                     break
-            stats.append({"seed": seed + episode, "mode": expert.mode_names[expert.mode], "steps": steps, "success": success})
+            stats.append(
+                {"seed": seed + episode, "mode": expert.mode_names[expert.mode], "steps": steps, "success": success}
+            )
     env.close()
-    tmp.replace(out)
     return {"out": str(out), "episodes": stats}
 
 

@@ -1,16 +1,24 @@
-"""Gymnasium wrappers shared by evaluation code: env exceptions become ended episodes.
+"""Env exceptions as ended episodes, so one failing env never aborts a whole evaluation.
 
-``ReportEnvErrors`` lets a vector env keep running when one env raises: the exception becomes an
-ended episode whose ``info["error"]`` names it, so a rollout records a failed episode with its seed
-instead of aborting the whole evaluation.
+``ReportEnvErrors`` turns an exception from ``reset``/``step`` into an ended episode whose
+``info["error"]`` names it; ``policy.rollout`` wraps every env it makes in it, so a rollout records a
+failed episode with its seed instead of stopping. This module imports only gymnasium and numpy:
+vector-env workers unpickle it without loading torch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium
 import numpy as np
+
+
+def describe(exc: BaseException) -> str:
+    """One line: exception type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 class ReportEnvErrors(gymnasium.Wrapper):
@@ -26,7 +34,7 @@ class ReportEnvErrors(gymnasium.Wrapper):
             self._last_obs, info = self.env.reset(**kwargs)
         except Exception as exc:  # any env failure ends the episode, reported with its seed
             self._last_obs = _zeros(self.observation_space)
-            return self._last_obs, {"is_success": False, "error": _describe(exc)}
+            return self._last_obs, {"is_success": False, "error": describe(exc)}
         return self._last_obs, info
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
@@ -34,15 +42,14 @@ class ReportEnvErrors(gymnasium.Wrapper):
         try:
             obs, reward, terminated, truncated, info = self.env.step(action)
         except Exception as exc:  # any env failure ends the episode, reported with its seed
-            return self._last_obs, 0.0, True, False, {"is_success": False, "error": _describe(exc)}
+            return self._last_obs, 0.0, True, False, {"is_success": False, "error": describe(exc)}
         self._last_obs = obs
         return obs, reward, terminated, truncated, info
 
 
-def _describe(exc: BaseException) -> str:
-    """One line: exception type and the first line of its message."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+def make_reporting_env(make_env: Callable[[], gymnasium.Env]) -> ReportEnvErrors:
+    """``make_env()`` wrapped in ``ReportEnvErrors`` (picklable through functools.partial)."""
+    return ReportEnvErrors(make_env())
 
 
 def _zeros(space: gymnasium.spaces.Space) -> Any:
@@ -50,8 +57,3 @@ def _zeros(space: gymnasium.spaces.Space) -> Any:
     if isinstance(space, gymnasium.spaces.Dict):
         return {key: _zeros(sub) for key, sub in space.spaces.items()}
     return np.zeros(space.shape, dtype=space.dtype)
-
-
-def make_reporting_env(env_id: str, **kwargs: Any) -> ReportEnvErrors:
-    """``gymnasium.make(env_id, **kwargs)`` wrapped in ``ReportEnvErrors`` (picklable through functools.partial)."""
-    return ReportEnvErrors(gymnasium.make(env_id, **kwargs))
