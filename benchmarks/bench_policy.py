@@ -5,19 +5,23 @@ ResNet-18 GroupNorm encoder with 76x76 crops, + 2-d agent_pos) observations, hor
 n_obs_steps 2. A training step is compute_loss + backward + fused AdamW step + EMA update.
 Inference is at batch 1 in eval mode under inference_mode. ``--compile`` adds
 torch.compile'd inference (and its first-call time), ``--bf16`` a bfloat16 denoiser copy for
-inference and bfloat16 autocast for training. Our medians are printed beside Diffusion Policy's
-own implementation measured on this machine (2 threads) and written to
+inference and bfloat16 autocast for training. With ``--reference-python`` (the interpreter of a LeRobot
+0.4.4 environment, ``../shared/perfref/README.md``) the training steps and the DDIM-10 prediction are timed
+beside LeRobot's DiffusionPolicy, the same UNet with the same parameter count, in the same run: the two sides
+alternate ``ROUNDS`` times and each reports its median per round. Results go to
 benchmarks/results/bench_policy.json.
 
-    python benchmarks/bench_policy.py                  # everything, 2 threads
+    python benchmarks/bench_policy.py --reference-python /path/to/lerobot-venv/bin/python --bf16
     python benchmarks/bench_policy.py --only unet64-lowdim --compile --bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,17 +46,9 @@ CONFIGS = {
     "unet64-image": ((64, 128, 256), IMAGE_META),
     "unet256-image": ((256, 512, 1024), IMAGE_META),
 }
-# Diffusion Policy's implementation of the same configs on this machine (2 threads, median ms).
-DP_REFERENCE_MS = {
-    ("unet64-lowdim", "predict DDIM-10"): 33.0,
-    ("unet64-lowdim", "predict DDPM-100"): 340.0,
-    ("unet64-lowdim", "train step b256"): 171.0,
-    ("unet256-lowdim", "predict DDIM-10"): 316.0,
-    ("unet256-lowdim", "train step b256"): 1850.0,
-    ("unet64-image", "train step b64"): 910.0,
-}
-# Targets: at most 0.5x DP's inference time, at least 1.5x its training throughput.
+# Targets: at most 0.5x the reference's inference time, at least 1.5x its training throughput.
 TARGET_RATIO = {"predict": 0.5, "train": 1 / 1.5}
+ROUNDS = 2  # compared metrics alternate ours / reference this many times; each side reports its median per round
 
 
 def median_ms(
@@ -100,27 +96,41 @@ def build(
     return policy
 
 
+def reference_ms(python: str, name: str, batch: int, bf16: bool, threads: int) -> dict:
+    """LeRobot's DiffusionPolicy on the same config, timed by benchmarks/lerobot_reference.py under ``python``."""
+    down_dims, meta = CONFIGS[name]
+    image = meta is IMAGE_META
+    cmd = [python, str(Path(__file__).with_name("lerobot_reference.py")), "--down-dims", *map(str, down_dims)]
+    cmd += ["--state-dim", str(2 if image else 20), "--image-size", str(84 if image else 0), "--crop-size", "76"]
+    cmd += ["--action-dim", str(ACTION_DIM), "--batch", str(batch), "--threads", str(threads)]
+    cmd += ["--bf16"] if bf16 else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"reference run failed ({' '.join(cmd)}): {proc.stderr.strip().splitlines()[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def bench_config(name: str, args: argparse.Namespace, device: torch.device) -> list[dict]:
-    """All measurements of one config."""
+    """All measurements of one config; with --reference-python the compared ones alternate with LeRobot's."""
     down_dims, meta = CONFIGS[name]
     big = down_dims[0] >= 256
     budget = args.budget * (0.5 if big else 1.0)
     rows: list[dict] = []
 
-    def add(metric: str, ms: float, note: str = "") -> None:
-        ref = DP_REFERENCE_MS.get((name, metric))
+    def add(metric: str, ms: float, note: str = "", ref: float | None = None) -> None:
         rows.append(
             {
                 "config": name,
                 "metric": metric,
                 "ours_ms": ms,
-                "dp_ms": ref,
+                "reference_ms": ref,
                 "ratio": ms / ref if ref else None,
                 "note": note,
             }
         )
         ratio = f"{ms / ref:6.2f}" if ref else "      "
-        print(f"{name:15s} {metric:26s} {ms:10.2f} {ref if ref else '':>9} {ratio} {note}", flush=True)
+        ref_text = f"{ref:.2f}" if ref else ""
+        print(f"{name:15s} {metric:26s} {ms:10.2f} {ref_text:>9} {ratio} {note}", flush=True)
 
     ddpm = build(down_dims, meta, DDPM(), DDIMSampler(10), device)
     counts = {
@@ -169,11 +179,21 @@ def bench_config(name: str, args: argparse.Namespace, device: torch.device) -> l
     batches = (64,) if meta is IMAGE_META and big and not args.full else (64, 256)
     for batch in batches:
         for bf16 in (False, True) if args.bf16 else (False,):
-            add(
-                f"train step b{batch}",
-                train_step_ms(down_dims, meta, batch, device, budget, bf16),
-                "bf16 autocast" if bf16 else "",
-            )
+            note = "bf16 autocast" if bf16 else ""
+            if args.reference_python is None:
+                add(f"train step b{batch}", train_step_ms(down_dims, meta, batch, device, budget, bf16), note)
+                continue
+            ours, ref, ref_predict = [], [], []
+            for _ in range(ROUNDS):  # alternate, so drifts of the machine hit both sides alike
+                ours.append(train_step_ms(down_dims, meta, batch, device, budget, bf16))
+                timed = reference_ms(args.reference_python, name, batch, bf16, args.threads)
+                ref.append(timed["train_step_ms"])
+                ref_predict.append(timed["predict_ddim10_ms"])
+            add(f"train step b{batch}", statistics.median(ours), note, statistics.median(ref))
+            rows[-1].update(ours_rounds_ms=ours, reference_rounds_ms=ref, reference_parameters=timed)
+            if batch == batches[0] and not bf16:
+                mine = [median_ms(lambda: ddpm.predict_action(obs1, generator=gen), budget) for _ in range(ROUNDS)]
+                add("predict DDIM-10 (compared)", statistics.median(mine), "", statistics.median(ref_predict))
     return rows
 
 
@@ -210,13 +230,18 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the denoiser")
     parser.add_argument("--bf16", action="store_true", help="also time a bf16 denoiser and bf16-autocast training")
     parser.add_argument("--full", action="store_true", help="include the image train step at batch 256 for unet256")
+    parser.add_argument(
+        "--reference-python",
+        default=None,
+        help="python of a LeRobot 0.4.4 venv (../shared/perfref/README.md): time its DiffusionPolicy alongside",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "bench_policy.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
     print(
-        f"{'config':15s} {'metric':26s} {'ours ms':>10} {'DP ms':>9} {'ratio'} (target <= "
+        f"{'config':15s} {'metric':26s} {'ours ms':>10} {'ref ms':>9} {'ratio'} (target <= "
         f"{TARGET_RATIO['predict']} predict, <= {TARGET_RATIO['train']:.2f} train)"
     )
     load_before = os.getloadavg()
@@ -232,6 +257,7 @@ def main() -> None:
             "load_average_before": load_before,
             "load_average_after": load_after,
             "target_ratio": TARGET_RATIO,
+            "reference": "LeRobot 0.4.4 DiffusionPolicy, same run" if args.reference_python else None,
             "rows": rows,
         },
     )

@@ -26,6 +26,9 @@ from policy.mish import Mish
 
 OBS_TYPES = ("rgb", "low_dim")
 BACKBONES = ("resnet18", "small")
+# Activations of the small trunk: Mish as in Diffusion Policy's UNet, or SiLU, whose fused CPU kernels make
+# the trunk's large early feature maps cheaper to train through (forward and backward).
+SMALL_ACTIVATIONS = {"mish": Mish, "silu": nn.SiLU}
 
 
 def replace_batchnorm_with_groupnorm(module: nn.Module, channels_per_group: int = 16) -> nn.Module:
@@ -40,14 +43,17 @@ def replace_batchnorm_with_groupnorm(module: nn.Module, channels_per_group: int 
 
 
 class SmallConvTrunk(nn.Module):
-    """Three 3x3 stride-2 conv layers with GroupNorm and Mish: a CPU-sized image trunk."""
+    """Three 3x3 stride-2 conv layers with GroupNorm and an activation (Mish or SiLU): a CPU-sized image trunk."""
 
-    def __init__(self, channels: Sequence[int] = (32, 64, 128)) -> None:
+    def __init__(self, channels: Sequence[int] = (32, 64, 128), activation: str = "mish") -> None:
         super().__init__()
+        if activation not in SMALL_ACTIVATIONS:
+            raise ValueError(f"unknown small_activation {activation!r}; use one of {sorted(SMALL_ACTIVATIONS)}")
         layers: list[nn.Module] = []
         cin = 3
         for cout in channels:
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(max(1, cout // 16), cout), Mish()]
+            act = SMALL_ACTIVATIONS[activation]()
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(max(1, cout // 16), cout), act]
             cin = cout
         self.nets = nn.Sequential(*layers)
         self.out_channels = cin
@@ -74,6 +80,7 @@ class ImageEncoder(nn.Module):
         feature_dim: int,
         num_keypoints: int,
         small_channels: Sequence[int] = (32, 64, 128),
+        small_activation: str = "mish",
     ) -> None:
         super().__init__()
         if backbone == "resnet18":
@@ -82,7 +89,7 @@ class ImageEncoder(nn.Module):
                 trunk = ResNet18Conv(input_channel=3, pretrained=False)
             self.trunk = replace_batchnorm_with_groupnorm(trunk)
         elif backbone == "small":
-            self.trunk = SmallConvTrunk(small_channels)
+            self.trunk = SmallConvTrunk(small_channels, small_activation)
         else:
             raise ValueError(f"unknown image backbone {backbone!r}; use one of {BACKBONES}")
         feature_shape = self.trunk.output_shape([3, *image_hw])
@@ -126,6 +133,7 @@ class ObsEncoder(nn.Module):
         feature_dim: int = 64,
         num_keypoints: int = 32,
         small_channels: Sequence[int] = (32, 64, 128),
+        small_activation: str = "mish",
     ) -> None:
         super().__init__()
         self.rgb_keys: list[str] = []
@@ -163,7 +171,7 @@ class ObsEncoder(nn.Module):
         self.image_encoders = nn.ModuleDict()
         for key in self.rgb_keys[:1] if share_rgb_model else self.rgb_keys:
             self.image_encoders[key] = ImageEncoder(
-                self.crop_hw[key], backbone, feature_dim, num_keypoints, tuple(small_channels)
+                self.crop_hw[key], backbone, feature_dim, num_keypoints, tuple(small_channels), small_activation
             )
         self.output_dim = feature_dim * len(self.rgb_keys) + low_dim
 

@@ -165,6 +165,7 @@ def train(
             ema.module.load_state_dict(resume["ema"])
             ema.n_averaged.fill_(resume["ema_n_averaged"])
         step, best_success = resume["step"], resume["metrics"].get("best_success", -1.0)
+    prior_train_time = 0.0 if resume is None else float(resume["metrics"].get("train_time_s", 0.0))
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +191,7 @@ def train(
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
                 "data": {"batch": step},
-                "metrics": {**metrics, "best_success": best_success},
+                "metrics": {**metrics, "best_success": best_success, "train_time_s": train_time()},
             },
         )
 
@@ -210,6 +211,12 @@ def train(
     metrics: dict[str, float] = {}
     policy.train()
     start_step, start_time = step, time.perf_counter()
+    eval_time = 0.0  # seconds of this session spent in validation and rollouts
+
+    def train_time() -> float:
+        """Training seconds over all sessions of this run, validation and rollouts excluded."""
+        return prior_train_time + time.perf_counter() - start_time - eval_time
+
     bar = tqdm(total=cfg.training.max_steps, initial=step, desc=f"train {cfg.name}", unit="step", disable=not progress)
     stopped = None
     with StopRequested() as stop:
@@ -235,21 +242,29 @@ def train(
             bar.update(1)
             records: dict[str, float | None] = {}
             if step % cfg.training.log_every == 0 or step == cfg.training.max_steps:
-                rate = (step - start_step) / (time.perf_counter() - start_time)
+                rate = (step - start_step) / (train_time() - prior_train_time)
                 records.update(
-                    loss=loss.item(), lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm), steps_per_s=rate
+                    loss=loss.item(),
+                    lr=scheduler.get_last_lr()[0],
+                    grad_norm=float(grad_norm),
+                    steps_per_s=rate,
+                    train_time_s=train_time(),
                 )
                 bar.set_postfix(loss=f"{loss.item():.4f}", steps_s=f"{rate:.1f}")
+            eval_start = time.perf_counter()
             if step % cfg.training.val_every == 0 or step == cfg.training.max_steps:
                 records["val_loss"] = validation_loss(eval_policy, val_set, cfg, device)
             rollout_due = cfg.rollout.every > 0 and (step % cfg.rollout.every == 0 or step == cfg.training.max_steps)
             if rollout_due:
+                records["train_time_s"] = train_time() - (time.perf_counter() - eval_start)
                 results = rollout_success(eval_policy, rollout_task, cfg, step, run_dir)
                 records["success_rate"] = results["success_rate"]
+                records["mean_max_reward"] = results["mean_max_reward"]
                 if results["success_rate"] > best_success:
                     best_success = results["success_rate"]
                     metrics = {"success_rate": best_success}
                     checkpoint(ckpt_dir / "best.ckpt", metrics)
+            eval_time += time.perf_counter() - eval_start
             if records:
                 log.write(step, **records)
                 metrics.update({k: v for k, v in records.items() if v is not None})
@@ -269,5 +284,6 @@ def train(
         "best_success": best_success if best_success >= 0 else None,
         "wall_time_s": time.perf_counter() - start_time,
         **metrics,
+        "train_time_s": train_time(),
     }
     return summary

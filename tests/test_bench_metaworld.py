@@ -13,26 +13,9 @@ from data.replay_buffer import ReplayBuffer
 from policy.checkpoint import checkpoint_config, load_checkpoint
 
 TINY = [
-    "--tasks",
-    "reach-v3",
-    "--objectives",
-    "flow",
-    "--demos",
-    "2",
-    "--train-steps",
-    "2",
-    "--batch-size",
-    "8",
-    "--episodes",
-    "2",
-    "--n-envs",
-    "1",
-    "--max-episode-steps",
-    "8",
-    "--image-size",
-    "32",
-    "--crop-size",
-    "28",
+    *("--tasks", "reach-v3", "--objectives", "flow", "--seeds", "0", "1", "--demos", "2"),
+    *("--train-steps", "4", "--eval-every", "2", "--top-k", "1", "--batch-size", "8", "--episodes", "2"),
+    *("--n-envs", "1", "--max-episode-steps", "8", "--image-size", "32", "--crop-size", "28"),
     "policy.denoiser.down_dims=[16,32]",
     "policy.denoiser.diffusion_step_embed_dim=16",
     "policy.horizon=8",
@@ -51,59 +34,61 @@ def run(tmp_path_factory) -> dict:
     return {"tmp": tmp, "argv": argv, "payload": payload}
 
 
-def test_run_writes_json_and_table_with_every_field(run):
+def test_run_evaluates_during_training_and_scores_the_best_k_and_the_final_checkpoint(run):
     saved = json.loads((run["tmp"] / "results" / "metaworld.json").read_text())
-    (row,) = saved["rows"]
-    assert (row["task"], row["objective"], row["sampler"], row["sampler_steps"]) == ("reach-v3", "flow", "euler", 10)
-    assert row["train_steps"] == row["train_timed_steps"] == 2 and row["train_wall_time_s"] > 0
-    assert row["n_episodes"] == 2 and [e["seed"] for e in row["episodes"]] == [100000, 100001]
-    assert all(e["length"] <= 8 for e in row["episodes"]) and row["eval_wall_time_s"] > 0
-    low, high = row["success_ci95"]
-    assert low <= row["success_rate"] <= high and row["mean_max_reward"] > 0
-    assert (
-        saved["collection"]["reach-v3"]["episodes"] == 2
-        and saved["collection"]["reach-v3"]["expert_success_rate"] == 1.0
-    )
-    assert saved["averages"] == [
-        {
-            "objective": "flow",
-            "n_tasks": 1,
-            "success_rate": row["success_rate"],
-            "mean_max_reward": row["mean_max_reward"],
-            "train_wall_time_s": row["train_wall_time_s"],
-            "eval_wall_time_s": row["eval_wall_time_s"],
-        }
+    assert [(m["task"], m["objective"], m["seed"]) for m in saved["models"]] == [
+        ("reach-v3", "flow", 0),
+        ("reach-v3", "flow", 1),
     ]
+    for model in saved["models"]:
+        evals = model["evaluations"]
+        assert [e["step"] for e in evals] == [2, 4] and model["n_evaluations"] == 2 and model["steps"] == 4
+        assert 0 < evals[0]["train_time_s"] < evals[1]["train_time_s"] <= model["train_time_s"]
+        successes = [e["success_rate"] for e in evals]
+        assert model["top_k_success"] == max(successes) and model["final_success"] == successes[-1]
+        assert model["sampler"] == "EulerSampler"
+    (row,) = saved["rows"]
+    assert row["seeds"] == [0, 1] and row["group"] == "easy" and row["dp3_diffusion_policy"] == 0.18
+    tops = [m["top_k_success"] for m in saved["models"]]
+    assert row["top_k_success"] == pytest.approx(sum(tops) / 2)
+    assert row["gap_to_dp3"] == pytest.approx(row["top_k_success"] - 0.18)
+    assert saved["averages"][0]["n_tasks"] == 1 and saved["averages"][0]["dp3_diffusion_policy"] == 0.18
+    assert saved["collection"]["reach-v3"]["episodes"] == 2
+    assert saved["protocol"]["amp"] is bench_metaworld.autocast_enabled("auto", torch.device("cpu"))
     table = (run["tmp"] / "results" / "metaworld.md").read_text()
-    assert "| reach-v3 | easy | flow | euler-10 |" in table and "hard 9.0%" in table and "--train-steps 2" in table
-    assert "Partial" not in table
-    assert saved["protocol"]["amp"] is bench_metaworld.autocast_enabled(
-        "auto", torch.device("cpu")
-    )  # resolved, not "auto"
+    assert "| reach-v3 | easy | flow | 2 |" in table and "0.18 ± 0.02" in table and "--train-steps 4" in table
+    assert "Partial" not in table and "hard 9.0%" in table
+    assert (run["tmp"] / "results" / "metaworld_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_demos_are_collected_with_metaworlds_horizon_and_all_train(run):
-
     store = ReplayBuffer.open(run["tmp"] / "work" / "reach-v3" / "demos_32px.zarr")
     assert store.n_episodes == 2 and store.episode_meta("success").all()  # 8 steps would be too short for the expert
-    config = checkpoint_config(load_checkpoint(run["payload"]["rows"][0]["checkpoint"]))
+    config = checkpoint_config(load_checkpoint(run["payload"]["models"][0]["checkpoint"]))
     assert config["task"]["max_episode_steps"] == 8 and config["dataset"]["val_ratio"] == 0
+    assert config["rollout"]["n_episodes"] == 2 and config["rollout"]["every"] == 2
 
 
-def test_rerun_needs_reuse_and_reuse_keeps_model_and_evaluation(run):
+def test_rerun_needs_reuse_and_reuse_keeps_models_and_evaluations(run):
     with pytest.raises(bench_metaworld.BenchmarkError, match="--reuse"):
         bench_metaworld.run_benchmark(bench_metaworld.parse_args(run["argv"]), progress=False)
-    checkpoint = Path(run["payload"]["rows"][0]["checkpoint"])
+    checkpoint = Path(run["payload"]["models"][0]["checkpoint"])
     mtime = checkpoint.stat().st_mtime_ns
     again = bench_metaworld.run_benchmark(bench_metaworld.parse_args([*run["argv"], "--reuse"]), progress=False)
     assert checkpoint.stat().st_mtime_ns == mtime
-    assert again["rows"] == run["payload"]["rows"]
+    assert [m["evaluations"] for m in again["models"]] == [m["evaluations"] for m in run["payload"]["models"]]
 
 
-def test_reuse_refuses_a_run_dir_with_another_model(run):
-    argv = [*run["argv"], "--reuse", "--batch-size", "4"]
+def test_reuse_refuses_a_run_dir_with_another_model_or_other_evaluations(run):
     with pytest.raises(bench_metaworld.BenchmarkError, match="training"):
-        bench_metaworld.run_benchmark(bench_metaworld.parse_args(argv), progress=False)
+        bench_metaworld.run_benchmark(bench_metaworld.parse_args([*run["argv"], "--reuse", "--batch-size", "4"]))
+    with pytest.raises(bench_metaworld.BenchmarkError, match="rollout"):
+        bench_metaworld.run_benchmark(bench_metaworld.parse_args([*run["argv"], "--reuse", "--episodes", "3"]))
+
+
+def test_top_k_mean_is_dp3s_score():
+    assert bench_metaworld.top_k_mean([0.1, 0.9, 0.5, 0.7], 2) == pytest.approx(0.8)
+    assert bench_metaworld.top_k_mean([0.4], 5) == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize(
@@ -112,6 +97,7 @@ def test_reuse_refuses_a_run_dir_with_another_model(run):
         (["--tasks", "reach-v2"], "unknown MetaWorld tasks"),
         (["--image-size", "84", "--crop-size", "84"], "--crop-size 84"),
         (["--episodes", "0"], "must be >= 1"),
+        (["--eval-every", "0"], "must be >= 1"),
         (["--amp", "yes"], "invalid choice: 'yes'"),
     ],
 )
