@@ -20,7 +20,6 @@ one resumes from its last checkpoint, so a long table can be built across sessio
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -31,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from data.atomic import atomic_path, write_text_atomic
+from data.atomic import write_text_atomic
 from data.collect import collect
 from data.replay_buffer import ReplayBuffer
 from dp3_reference import DP3_DIFFUSION_POLICY, group_means
@@ -43,7 +41,14 @@ from envs.metaworld_tasks import METAWORLD_MAX_EPISODE_STEPS, METAWORLD_TASK_NAM
 from policy.checkpoint import checkpoint_config, load_checkpoint
 from policy.optim import autocast_enabled, resolve_device
 from results_io import RESULTS_DIR, write_json
-from training_runs import BenchmarkError, compose_train_config, existing_checkpoint, run_training
+from training_runs import (
+    BenchmarkError,
+    compose_train_config,
+    existing_checkpoint,
+    learning_curve,
+    plot_learning_curves,
+    run_training,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,16 +119,6 @@ def collect_demos(cfg: DictConfig, store: Path, progress: bool = True) -> dict[s
     }
 
 
-def evaluations(run_dir: Path) -> list[dict[str, float]]:
-    """The rollouts logged during training: step, training seconds so far, success rate, mean max reward."""
-    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line]
-    return [
-        {k: r[k] for k in ("step", "train_time_s", "success_rate", "mean_max_reward")}
-        for r in records
-        if "success_rate" in r
-    ]
-
-
 def train_model(cfg: DictConfig, run_dir: Path, reuse: bool, progress: bool = True) -> dict[str, Any]:
     """Train cfg's model in run_dir with its periodic evaluations (resuming with reuse); returns what it logged."""
     ckpt = existing_checkpoint(cfg, run_dir, reuse, (*SAME_MODEL_KEYS, *SAME_EVAL_KEYS))
@@ -133,7 +128,7 @@ def train_model(cfg: DictConfig, run_dir: Path, reuse: bool, progress: bool = Tr
         if summary["stopped_by"]:
             raise KeyboardInterrupt(f"training stopped by {summary['stopped_by']}; rerun with --reuse to continue")
         ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.ckpt")
-    evals = evaluations(run_dir)
+    evals = learning_curve(run_dir)
     return {
         "checkpoint": str(run_dir / "checkpoints" / "latest.ckpt"),
         "steps": int(ckpt["step"]),
@@ -280,37 +275,6 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(models: Sequence[Mapping[str, Any]], out: Path) -> None:
-    """Success against training minutes, one panel per task, one line per (objective, seed); DP3 dashed."""
-    tasks = list(dict.fromkeys(m["task"] for m in models))
-    cols = min(len(tasks), 5)
-    rows = -(-len(tasks) // cols)
-    fig = Figure(figsize=(3.2 * cols, 2.6 * rows))  # no pyplot: no GUI backend, no global figure registry
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    colors = {"ddpm": "tab:blue", "flow": "tab:orange"}
-    for ax, task in zip(axes, tasks):
-        for m in (m for m in models if m["task"] == task):
-            minutes = [e["train_time_s"] / 60 for e in m["evaluations"]]
-            ax.plot(
-                minutes,
-                [e["success_rate"] for e in m["evaluations"]],
-                marker="o",
-                markersize=2.5,
-                color=colors.get(m["objective"]),
-                alpha=0.8,
-                label=f"{m['objective']} s{m['seed']}",
-            )
-        ax.axhline(DP3_DIFFUSION_POLICY[task][1], color="black", linestyle="--", linewidth=0.8, label="DP3 DP")
-        ax.set(title=task, ylim=(-0.03, 1.03), xlabel="training minutes", ylabel="success")
-        ax.grid(alpha=0.3)
-    for ax in axes[len(tasks) :]:
-        ax.set_visible(False)
-    axes[0].legend(fontsize=6)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100)
-
-
 def write_report(
     args: argparse.Namespace, cfg: DictConfig, models: list[dict[str, Any]], collected: dict[str, Any], wall: float
 ) -> dict[str, Any]:
@@ -353,7 +317,11 @@ def write_report(
     out = Path(args.out)
     write_json(out / "metaworld.json", payload)
     write_text_atomic(out / "metaworld.md", markdown_report(payload))
-    plot_curves(models, out / "metaworld_curves.png")
+    panels: dict[str, list] = {}
+    for m in models:
+        panels.setdefault(m["task"], []).append((f"{m['objective']} seed {m['seed']}", m["evaluations"]))
+    references = {task: DP3_DIFFUSION_POLICY[task][1] for task in panels}
+    plot_learning_curves(panels, out / "metaworld_curves.png", references)
     return payload
 
 

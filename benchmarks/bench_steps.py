@@ -46,7 +46,14 @@ from policy.chunk_policy import ChunkPolicy
 from policy.evaluation import evaluate, wilson_interval
 from policy.optim import resolve_device
 from results_io import RESULTS_DIR, write_json
-from training_runs import BenchmarkError, compose_train_config, existing_checkpoint, run_training
+from training_runs import (
+    BenchmarkError,
+    compose_train_config,
+    existing_checkpoint,
+    learning_curve,
+    plot_learning_curves,
+    run_training,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,17 +62,29 @@ SAMPLERS = {"ddpm": ("ddim", "dpmsolver"), "flow": ("euler", "midpoint", "heun")
 FULL_CHAIN = ("ddpm", None)  # DDPM's ancestral sampler over the model's whole training chain, one cell
 STEP_COUNTS = (1, 2, 4, 8, 16)
 CELLS_FILE = "bench_steps_cells.json"  # evaluated cells kept in each run dir, for --reuse
-SAME_MODEL_KEYS = ("task", "obs", "seed", "policy", "objective", "sampler", "training", "dataset", "ema")
+SAME_MODEL_KEYS = ("task", "obs", "seed", "policy", "objective", "sampler", "training", "dataset", "ema", "rollout")
 
 
-def train_overrides(task: str, objective: str, seed: int, train_steps: int, obs: str) -> list[str]:
-    """train.py overrides for one model of the study; the two objectives differ only in ``objective``."""
+def train_overrides(
+    task: str, objective: str, seed: int, train_steps: int, obs: str, curve: tuple[int, int, int, int] = (0, 1, 1, 0)
+) -> list[str]:
+    """train.py overrides for one model of the study; the two objectives differ only in ``objective``.
+
+    ``curve`` is (eval_every, episodes, n_envs, eval_seed) of the learning curve's rollouts during training
+    (eval_every 0: none).
+    """
+    every, episodes, n_envs, eval_seed = curve
     return [
         f"task={task}",
         f"obs={obs}",
         f"objective={objective}",
         f"seed={seed}",
         f"training.max_steps={train_steps}",
+        f"rollout.every={every}",
+        f"rollout.n_episodes={episodes}",
+        f"rollout.n_envs={n_envs}",
+        f"rollout.seed={eval_seed}",
+        "rollout.n_videos=0",
         f"name=steps_{task}_{objective}_seed{seed}",
     ]
 
@@ -267,9 +286,15 @@ def run_study(
     full_chain: bool = True,
     reuse: bool = False,
     extra_overrides: Sequence[str] = (),
+    eval_every: int = 0,
+    curve_episodes: int = 20,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train both objectives for every seed, evaluate all cells, write steps_<task>.{json,md,png}; returns them."""
+    """Train both objectives for every seed, evaluate all cells, write steps_<task>.{json,md,png}; returns them.
+
+    With ``eval_every`` > 0 each model is also rolled out every that many training steps with its default
+    sampler on ``curve_episodes`` episodes: its learning curve, plotted to steps_<task>_curves.png.
+    """
     if train_steps < 1 or episodes < 1 or n_envs < 1 or not seeds or not step_counts or min(step_counts) < 1:
         raise BenchmarkError(
             f"--train-steps={train_steps}, --episodes={episodes}, --n-envs={n_envs} and every "
@@ -279,7 +304,9 @@ def run_study(
     checkpoints = {}
     for seed in seeds:
         for objective in OBJECTIVES:
-            cfg = compose_train_config([*train_overrides(task, objective, seed, train_steps, obs), *extra_overrides])
+            curve = (eval_every, curve_episodes, n_envs, eval_seed)
+            overrides = train_overrides(task, objective, seed, train_steps, obs, curve)
+            cfg = compose_train_config([*overrides, *extra_overrides])
             run_dir = run_dir_for(Path(work_dir), task, objective, seed, train_steps)
             checkpoints[seed, objective] = train_model(cfg, run_dir, reuse, progress)
     evaluated: dict[tuple[int, str, str, int | None], dict[str, Any]] = {}
@@ -304,6 +331,7 @@ def run_study(
             "objective": objective,
             "seed": seed,
             "checkpoint": str(checkpoints[seed, objective]),
+            "learning_curve": learning_curve(checkpoints[seed, objective].parent.parent),
             "cells": [
                 evaluated[(seed, objective, *cell)] for cell in planned_cells(objective, step_counts, full_chain)
             ],
@@ -342,6 +370,9 @@ def run_study(
     write_json(out / f"steps_{task}.json", payload)
     write_text_atomic(out / f"steps_{task}.md", table)
     plot(rows, task, out / f"steps_{task}.png")
+    if eval_every > 0:
+        lines = [(f"{r['objective']} seed {r['seed']}", r["learning_curve"]) for r in runs]
+        plot_learning_curves({f"{task} ({obs}), default sampler": lines}, out / f"steps_{task}_curves.png")
     return payload
 
 
@@ -362,6 +393,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-envs", type=int, default=1, help="parallel envs per evaluation")
     parser.add_argument("--eval-seed", type=int, default=100000, help="episode i of every cell is reset with this + i")
     parser.add_argument("--step-counts", type=int, nargs="+", default=list(STEP_COUNTS), help="sampler steps to sweep")
+    parser.add_argument(
+        "--eval-every", type=int, default=500, help="training steps between learning-curve rollouts (0: none)"
+    )
+    parser.add_argument("--curve-episodes", type=int, default=20, help="episodes per learning-curve rollout")
     parser.add_argument(
         "--full-chain",
         action=argparse.BooleanOptionalAction,
@@ -396,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             full_chain=args.full_chain,
             reuse=args.reuse,
             extra_overrides=args.overrides,
+            eval_every=args.eval_every,
+            curve_episodes=args.curve_episodes,
         )
     except BenchmarkError as exc:
         sys.exit(f"bench_steps.py: error: {exc}")

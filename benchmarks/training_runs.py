@@ -4,14 +4,17 @@ with the settings the benchmark asks for."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from configs import compose_config
+from data.atomic import atomic_path
 from data.task_store import open_training_data
 from envs.task_env import TaskEnv
 from policy.checkpoint import checkpoint_config, config_to_yaml, load_checkpoint
@@ -57,3 +60,42 @@ def existing_checkpoint(
             f"{run_dir} holds a model trained with other {differ} settings; delete it or pass another --work-dir"
         )
     return ckpt
+
+
+def learning_curve(run_dir: Path) -> list[dict[str, float]]:
+    """The rollouts a run logged during training: step, training seconds so far, success rate, mean max reward."""
+    records = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines() if line]
+    keys = ("step", "train_time_s", "success_rate", "mean_max_reward")
+    return [{k: r[k] for k in keys} for r in records if "success_rate" in r]
+
+
+def plot_learning_curves(
+    panels: Mapping[str, Sequence[tuple[str, Sequence[Mapping[str, float]]]]],
+    out: Path,
+    references: Mapping[str, float] | None = None,
+) -> None:
+    """Success against training minutes: one panel per key of ``panels``, one line per (label, curve).
+
+    ``references`` draws a dashed line per panel (e.g. a published success rate). Lines of the same
+    objective (the label's first word) share a colour.
+    """
+    cols = min(len(panels), 5)
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows))  # no pyplot: no GUI backend, no global figure registry
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    colors = {"ddpm": "tab:blue", "flow": "tab:orange"}
+    for ax, (title, lines) in zip(axes, panels.items()):
+        for label, curve in lines:
+            minutes = [e["train_time_s"] / 60 for e in curve]
+            color = colors.get(label.split()[0])
+            ax.plot(minutes, [e["success_rate"] for e in curve], marker="o", markersize=2.5, color=color, label=label)
+        if references and title in references:
+            ax.axhline(references[title], color="black", linestyle="--", linewidth=0.8, label="reference")
+        ax.set(title=title, ylim=(-0.03, 1.03), xlabel="training minutes", ylabel="success")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100)

@@ -40,6 +40,8 @@ def study(tmp_path_factory) -> dict:
         work_dir=tmp / "work",
         step_counts=STEP_COUNTS,
         extra_overrides=[*TINY, f"task.dataset_path={tmp / 'pp.zarr'}"],
+        eval_every=2,
+        curve_episodes=1,
         progress=False,
     )
     payload = bench_steps.run_study("pick_place", **kwargs)
@@ -61,6 +63,17 @@ def test_study_writes_json_table_and_plot(study):
     assert table.count("\n| ddpm |") == 5 and table.count("\n| flow |") == 6 and "±" not in table
     assert "| flow | heun | 2 | 4 |" in table
     assert (out / "steps_pick_place.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_model_keeps_a_learning_curve_against_training_time(study):
+    for run in study["payload"]["runs"]:
+        curve = run["learning_curve"]
+        assert [e["step"] for e in curve] == [2, 3]  # every 2 steps and at the last one
+        assert 0 < curve[0]["train_time_s"] < curve[1]["train_time_s"] and all(
+            0 <= e["success_rate"] <= 1 for e in curve
+        )
+    png = study["tmp"] / "results" / "steps_pick_place_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cells_of_an_objective_share_episode_seeds(study):

@@ -54,6 +54,18 @@ def test_small_trunk_channels_are_configurable():
     assert enc({"image": torch.rand(2, 2, 20, 20, 3)}).shape == (2, 2, 4)
 
 
+def test_small_trunk_activation_is_mish_or_silu():
+    kinds = {}
+    for activation in ("mish", "silu"):
+        torch.manual_seed(0)
+        enc = ObsEncoder(_cams("image"), backbone="small", crop_shape=(16, 16), small_activation=activation)
+        kinds[activation] = [type(m).__name__ for m in enc.image_encoders["image"].trunk.nets]
+        assert enc({"image": torch.rand(2, 2, 20, 20, 3)}).shape == (2, 2, 64)
+    assert kinds["silu"].count("SiLU") == 3 and kinds["mish"].count("SiLU") == 0 and kinds["mish"].count("Mish") == 3
+    with pytest.raises(ValueError, match="unknown small_activation 'gelu'; use one of"):
+        ObsEncoder(_cams("image"), backbone="small", crop_shape=(16, 16), small_activation="gelu")
+
+
 def test_random_crop_is_a_window_of_each_image_and_eval_crop_is_centred():
     torch.manual_seed(0)
     images = torch.arange(5 * 9 * 11 * 3, dtype=torch.float32).reshape(5, 9, 11, 3)
