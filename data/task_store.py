@@ -7,6 +7,7 @@ a mismatched store with the same one-line message.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -84,4 +85,11 @@ def open_training_data(cfg: DictConfig, progress: bool = True) -> TrainingData:
         seed=cfg.seed,
         **horizons,
     )
-    return TrainingData(train_set, train_set.get_validation_dataset(), shape_meta)
+    val_set = train_set.get_validation_dataset()
+    if cfg.dataset.val_ratio > 0 and len(val_set) == 0:
+        warnings.warn(
+            f"dataset.val_ratio={cfg.dataset.val_ratio} of {buffer.n_episodes} episodes leaves no validation windows: "
+            "no validation loss will be logged; raise dataset.val_ratio, or set it to 0 to train on every episode",
+            stacklevel=2,
+        )
+    return TrainingData(train_set, val_set, shape_meta)
