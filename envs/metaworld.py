@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -72,6 +73,7 @@ class MetaWorldEnv(CameraTaskEnv):
         *,
         image_size: int = 96,
         camera: str = "corner",
+        camera_pos: Sequence[float] | None = None,
         render_size: int = 256,
         render_camera: str | None = None,
         render_mode: str | None = "rgb_array",
@@ -94,6 +96,11 @@ class MetaWorldEnv(CameraTaskEnv):
 
         model = self.sim.model
         model.mat_reflectance[:] = 0  # the floor's mirror pass: 40% of a CPU render, < 0.2% of pixels change
+        if camera_pos is not None:  # e.g. DP3's corner2 moved close to the table: [0.6, 0.295, 0.8]
+            camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+            if camera_id < 0 or len(camera_pos) != 3:
+                raise ValueError(f"camera_pos={list(camera_pos)} needs 3 coordinates and an existing camera {camera!r}")
+            model.cam_pos[camera_id] = np.asarray(camera_pos, dtype=np.float64)
         self._setup_rendering(
             model,
             image_size=image_size,

@@ -299,3 +299,17 @@ def test_collect_train_eval_any_task_by_name(tmp_path):
     )
     longest = max(e["length"] for e in results["episodes"])
     assert results["mean_max_reward"] > 0 and results["latency_ms"]["calls"] >= -(-longest // 4)  # both envs per call
+
+
+def test_camera_pos_moves_the_observation_camera_only():
+    moved = MetaWorldEnv("push-v3", image_size=32, camera="corner2", camera_pos=[0.6, 0.295, 0.8])
+    plain = MetaWorldEnv("push-v3", image_size=32, camera="corner2")
+    try:
+        a, _ = moved.reset(seed=3)
+        b, _ = plain.reset(seed=3)
+        assert np.array_equal(a["state"], b["state"]) and np.abs(a["image"].astype(int) - b["image"]).mean() > 10
+    finally:
+        moved.close()
+        plain.close()
+    with pytest.raises(ValueError, match=r"camera_pos=\[1, 2\] needs 3 coordinates"):
+        MetaWorldEnv("push-v3", camera="corner2", camera_pos=[1, 2])
