@@ -60,14 +60,14 @@ def rate(run_dir: Path, warmup: int) -> float:
     return (last["step"] - first["step"]) / (last["train_time_s"] - first["train_time_s"])
 
 
-def run_case(store_overrides: list[str], overrides: list[str], threads: int, args: argparse.Namespace, work: Path):
-    """Train one case from scratch in a fresh run dir; returns (steps/s, batch size, parameters)."""
-    run_dir = Path(tempfile.mkdtemp(dir=work))
+def run_case(store: Path, store_overrides: list[str], overrides: list[str], threads: int, args: argparse.Namespace):
+    """Train one case from scratch in a fresh run dir over ``store``; returns (steps/s, batch size, config)."""
+    run_dir = Path(tempfile.mkdtemp(dir=store.parent))
     cfg = compose_train_config(
         [
             *store_overrides,
             *overrides,
-            f"task.dataset_path={work / (store_overrides[0].split('=')[1] + '.zarr')}",
+            f"task.dataset_path={store}",
             f"training.max_steps={args.steps}",
             "training.log_every=10",
             f"training.val_every={args.steps}",
@@ -99,8 +99,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         rates: dict[str, list[float]] = {case: [] for case in cases}
         info = {}
         for _ in range(args.rounds):
-            for case, (threads, overrides) in cases.items():
-                steps_per_s, batch, cfg = run_case(store_overrides, overrides, threads, args, args.work_dir)
+            for k, (case, (threads, overrides)) in enumerate(cases.items()):
+                store = args.work_dir / f"{pair}_case{k}.zarr"  # cases may observe differently (camera, size)
+                steps_per_s, batch, cfg = run_case(store, store_overrides, overrides, threads, args)
                 rates[case].append(steps_per_s)
                 info[case] = {
                     "threads": threads,
