@@ -2,7 +2,7 @@
 
 For one task, trains a DDPM (epsilon) policy and a flow-matching policy that share everything else (backbone,
 observations, data, optimizer steps, seed) with train.py, then evaluates every (sampler, steps) cell of each with
-eval.evaluate on the same episode seeds (episode i of every cell is reset with ``--eval-seed + i``):
+policy.evaluation.evaluate on the same episode seeds (episode i of every cell is reset with ``--eval-seed + i``):
 
     DDPM model: ddpm at its full chain (100 steps), ddim and dpmsolver at --step-counts (default 1 2 4 8 16)
     flow model: euler, midpoint and heun at --step-counts (midpoint and heun cost 2 evaluations per step)

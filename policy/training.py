@@ -86,7 +86,7 @@ def validation_loss(
 
 
 def rollout_success(policy: ChunkPolicy, task: EnvTask, cfg: DictConfig, step: int, run_dir: Path) -> dict[str, Any]:
-    """Roll ``policy`` out on fresh seeded episodes through eval.py's code path; returns its summary."""
+    """Roll ``policy`` out on fresh seeded episodes through policy.evaluation (eval.py's path); returns its summary."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the env worker processes need the other cores
     try:
