@@ -190,7 +190,7 @@ def bench_config(name: str, args: argparse.Namespace, device: torch.device) -> l
                 ref.append(timed["train_step_ms"])
                 ref_predict.append(timed["predict_ddim10_ms"])
             add(f"train step b{batch}", statistics.median(ours), note, statistics.median(ref))
-            rows[-1].update(ours_rounds_ms=ours, reference_rounds_ms=ref, reference_parameters=timed)
+            rows[-1].update(ours_rounds_ms=ours, reference_rounds_ms=ref, reference_last_run=timed)
             if batch == batches[0] and not bf16:
                 mine = [median_ms(lambda: ddpm.predict_action(obs1, generator=gen), budget) for _ in range(ROUNDS)]
                 add("predict DDIM-10 (compared)", statistics.median(mine), "", statistics.median(ref_predict))

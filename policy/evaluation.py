@@ -102,9 +102,10 @@ def evaluate(
     if n_videos > 0 and out_dir is None:
         raise EvalError("n_videos > 0 needs out_dir to write the videos to")
     sampler = resolve_sampler(policy, sampler)
-    problem = cell_problem(policy, sampler, num_steps)
-    if problem is not None:
-        raise EvalError(problem)
+    try:
+        steps = sampler.resolve_steps(policy.objective, num_steps)
+    except ValueError as exc:  # a sampler of another objective kind, or a step count the model cannot take
+        raise EvalError(str(exc)) from exc
     make_env = task.factory(include_image="rgb" in policy.obs_types.values())
     probe = make_env()
     try:
@@ -134,7 +135,6 @@ def evaluate(
     finally:
         policy.train(was_training)
     wall = time.perf_counter() - start
-    steps = sampler.resolve_steps(policy.objective, num_steps)
     return summarize(episodes, controller.latencies, wall) | {
         "task": task.env_id,
         "sampler": sampler.name,
