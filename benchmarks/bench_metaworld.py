@@ -38,16 +38,13 @@ from data.collect import collect
 from data.replay_buffer import ReplayBuffer
 from dp3_reference import DP3_DIFFUSION_POLICY, group_means
 from envs.metaworld_tasks import METAWORLD_MAX_EPISODE_STEPS, METAWORLD_TASK_NAMES
-from policy.checkpoint import checkpoint_config, load_checkpoint
 from policy.optim import autocast_enabled, resolve_device
 from results_io import RESULTS_DIR, write_json
 from training_runs import (
     BenchmarkError,
     compose_train_config,
-    existing_checkpoint,
-    learning_curve,
     plot_learning_curves,
-    run_training,
+    train_or_reuse,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,23 +118,7 @@ def collect_demos(cfg: DictConfig, store: Path, progress: bool = True) -> dict[s
 
 def train_model(cfg: DictConfig, run_dir: Path, reuse: bool, progress: bool = True) -> dict[str, Any]:
     """Train cfg's model in run_dir with its periodic evaluations (resuming with reuse); returns what it logged."""
-    ckpt = existing_checkpoint(cfg, run_dir, reuse, (*SAME_MODEL_KEYS, *SAME_EVAL_KEYS))
-    start = time.perf_counter()
-    if ckpt is None or ckpt["step"] < cfg.training.max_steps:
-        summary = run_training(cfg, run_dir, progress=progress)
-        if summary["stopped_by"]:
-            raise KeyboardInterrupt(f"training stopped by {summary['stopped_by']}; rerun with --reuse to continue")
-        ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.ckpt")
-    evals = learning_curve(run_dir)
-    return {
-        "checkpoint": str(run_dir / "checkpoints" / "latest.ckpt"),
-        "steps": int(ckpt["step"]),
-        "train_time_s": float(ckpt["metrics"]["train_time_s"]),
-        "steps_per_s": ckpt["step"] / ckpt["metrics"]["train_time_s"],
-        "session_wall_time_s": time.perf_counter() - start,
-        "evaluations": evals,
-        "sampler": checkpoint_config(ckpt)["sampler"]["_target_"].rsplit(".", 1)[-1],
-    }
+    return train_or_reuse(cfg, run_dir, reuse, (*SAME_MODEL_KEYS, *SAME_EVAL_KEYS), progress)
 
 
 def top_k_mean(values: Sequence[float], k: int) -> float:

@@ -182,6 +182,8 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         n = sum(c["n_episodes"] for c in cells)
         success, success_sd = mean_sd([c["success_rate"] for c in cells])
         reward, reward_sd = mean_sd([c["mean_max_reward"] for c in cells])
+        scores = [c["normalized_score"] for c in cells if c.get("normalized_score") is not None]
+        score, score_sd = mean_sd(scores) if scores else (None, None)
         rows.append(
             {
                 "objective": objective,
@@ -195,6 +197,8 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "success_ci95_pooled": list(wilson_interval(successes, n)),
                 "mean_max_reward": reward,
                 "mean_max_reward_sd": reward_sd,
+                "normalized_score": score,  # tasks whose success is a reward threshold (PushT), else None
+                "normalized_score_sd": score_sd,
                 "latency_ms_median": statistics.median(c["latency_ms"]["median"] for c in cells),
                 "latency_ms_p90": statistics.median(c["latency_ms"]["p90"] for c in cells),
                 "actions_per_s": statistics.median(c["actions_per_s"] for c in cells),
@@ -206,21 +210,26 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def markdown_table(rows: Sequence[Mapping[str, Any]], caption: str) -> str:
     """The study's Markdown table (a caption line, then one row per (objective, sampler, steps))."""
     several = any(r["n_seeds"] > 1 for r in rows)
+    scored = any(r.get("normalized_score") is not None for r in rows)
     spread = " ± sd over seeds" if several else ""
+    score_head = f"normalized score{spread} | " if scored else ""
     lines = [
         caption,
         "",
-        f"| objective | sampler | steps | NFE | success{spread} (95% CI) | mean max reward{spread} | "
+        f"| objective | sampler | steps | NFE | success{spread} (95% CI) | mean max reward{spread} | {score_head}"
         "latency ms / chunk (median / p90) | actions/s |",
-        "|---|---|---:|---:|---|---:|---|---:|",
+        "|---|---|---:|---:|---|---:|" + ("---:|" if scored else "") + "---|---:|",
     ]
     for r in rows:
         low, high = r["success_ci95_pooled"]
         success = f"{r['success_rate']:.2f}" + (f" ± {r['success_sd']:.2f}" if several else "")
         reward = f"{r['mean_max_reward']:.3f}" + (f" ± {r['mean_max_reward_sd']:.3f}" if several else "")
+        score = ""
+        if scored:
+            score = f"{r['normalized_score']:.3f}" + (f" ± {r['normalized_score_sd']:.3f}" if several else "") + " | "
         lines.append(
             f"| {r['objective']} | {r['sampler']} | {r['num_steps']} | {r['nfe']} | "
-            f"{success} ({low:.2f}-{high:.2f}) | {reward} | "
+            f"{success} ({low:.2f}-{high:.2f}) | {reward} | {score}"
             f"{r['latency_ms_median']:.1f} / {r['latency_ms_p90']:.1f} | {r['actions_per_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ with the settings the benchmark asks for."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,19 +63,48 @@ def existing_checkpoint(
     return ckpt
 
 
+def train_or_reuse(
+    cfg: DictConfig, run_dir: Path, reuse: bool, same_model_keys: Sequence[str], progress: bool = True
+) -> dict[str, Any]:
+    """Train cfg's model in run_dir with its periodic rollouts (resuming with reuse); returns what it logged.
+
+    KeyboardInterrupt when a signal stopped the training (its checkpoint is written; --reuse continues it).
+    """
+    ckpt = existing_checkpoint(cfg, run_dir, reuse, same_model_keys)
+    start = time.perf_counter()
+    if ckpt is None or ckpt["step"] < cfg.training.max_steps:
+        summary = run_training(cfg, run_dir, progress=progress)
+        if summary["stopped_by"]:
+            raise KeyboardInterrupt(f"training stopped by {summary['stopped_by']}; rerun with --reuse to continue")
+        ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.ckpt")
+    return {
+        "checkpoint": str(run_dir / "checkpoints" / "latest.ckpt"),
+        "steps": int(ckpt["step"]),
+        "train_time_s": float(ckpt["metrics"]["train_time_s"]),
+        "steps_per_s": ckpt["step"] / ckpt["metrics"]["train_time_s"],
+        "session_wall_time_s": time.perf_counter() - start,
+        "evaluations": learning_curve(run_dir),
+        "sampler": checkpoint_config(ckpt)["sampler"]["_target_"].rsplit(".", 1)[-1],
+    }
+
+
 def learning_curve(run_dir: Path) -> list[dict[str, float]]:
-    """The rollouts a run logged during training: step, training seconds so far, success rate, mean max reward."""
+    """The rollouts a run logged during training: step, training seconds so far, success rate, mean max reward.
+
+    Tasks whose success is a reward threshold (PushT) also log ``normalized_score``, kept when present.
+    """
     records = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines() if line]
-    keys = ("step", "train_time_s", "success_rate", "mean_max_reward")
-    return [{k: r[k] for k in keys} for r in records if "success_rate" in r]
+    keys = ("step", "train_time_s", "success_rate", "mean_max_reward", "normalized_score")
+    return [{k: r[k] for k in keys if k in r} for r in records if "success_rate" in r]
 
 
 def plot_learning_curves(
     panels: Mapping[str, Sequence[tuple[str, Sequence[Mapping[str, float]]]]],
     out: Path,
     references: Mapping[str, float] | None = None,
+    metric: str = "success_rate",
 ) -> None:
-    """Success against training minutes: one panel per key of ``panels``, one line per (label, curve).
+    """``metric`` (success) against training minutes: one panel per key of ``panels``, one line per (label, curve).
 
     ``references`` draws a dashed line per panel (e.g. a published success rate). Lines of the same
     objective (the label's first word) share a colour.
@@ -88,10 +118,10 @@ def plot_learning_curves(
         for label, curve in lines:
             minutes = [e["train_time_s"] / 60 for e in curve]
             color = colors.get(label.split()[0])
-            ax.plot(minutes, [e["success_rate"] for e in curve], marker="o", markersize=2.5, color=color, label=label)
+            ax.plot(minutes, [e[metric] for e in curve], marker="o", markersize=2.5, color=color, label=label)
         if references and title in references:
             ax.axhline(references[title], color="black", linestyle="--", linewidth=0.8, label="reference")
-        ax.set(title=title, ylim=(-0.03, 1.03), xlabel="training minutes", ylabel="success")
+        ax.set(title=title, ylim=(-0.03, 1.03), xlabel="training minutes", ylabel=metric.replace("_", " "))
         ax.grid(alpha=0.3)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)

@@ -94,6 +94,11 @@ class PushTEnv(PlanarPushEnv):
         super().__init__(_XML, workspace=WORKSPACE, image_size=image_size, render_size=render_size, **kwargs)
 
     @property
+    def success_reward(self) -> float:
+        """Reward at which an episode succeeds (the coverage threshold); evaluation normalizes scores by it."""
+        return self.success_coverage
+
+    @property
     def block_pose(self) -> np.ndarray:
         """Current (x, y, yaw) of the T's centre of mass, yaw wrapped to [-pi, pi)."""
         x, y, yaw = self.data.qpos[0:3]

@@ -110,6 +110,7 @@ def evaluate(
     probe = make_env()
     try:
         check_observations(policy, probe, task.env_id)
+        success_reward = getattr(probe.unwrapped, "success_reward", None)  # tasks whose success is a reward threshold
     finally:
         probe.close()
 
@@ -135,7 +136,7 @@ def evaluate(
     finally:
         policy.train(was_training)
     wall = time.perf_counter() - start
-    return summarize(episodes, controller.latencies, wall) | {
+    return summarize(episodes, controller.latencies, wall, success_reward=success_reward) | {
         "task": task.env_id,
         "sampler": sampler.name,
         "num_steps": steps,
@@ -148,8 +149,23 @@ def evaluate(
     }
 
 
-def summarize(episodes: Sequence[Mapping[str, Any]], latencies: Sequence[float], wall_time: float) -> dict[str, Any]:
-    """Success rate with its Wilson 95% interval, mean rewards and length, predict_action latency and throughput."""
+def normalized_score(max_rewards: Sequence[float], success_reward: float) -> float:
+    """Mean of max reward / success reward clipped to [0, 1]: Diffusion Policy's PushT score (coverage / 0.95)."""
+    return float(np.mean(np.clip(np.asarray(max_rewards, dtype=np.float64) / success_reward, 0.0, 1.0)))
+
+
+def summarize(
+    episodes: Sequence[Mapping[str, Any]],
+    latencies: Sequence[float],
+    wall_time: float,
+    *,
+    success_reward: float | None = None,
+) -> dict[str, Any]:
+    """Success rate with its Wilson 95% interval, mean rewards and length, predict_action latency and throughput.
+
+    With a ``success_reward`` (the task's success threshold on the reward) the summary also carries
+    ``normalized_score`` (see ``normalized_score``); without one it is None.
+    """
     n = len(episodes)
     successes = sum(bool(e["success"]) for e in episodes)
     steps = sum(e["length"] for e in episodes)
@@ -160,6 +176,9 @@ def summarize(episodes: Sequence[Mapping[str, Any]], latencies: Sequence[float],
         "success_rate": successes / n,
         "success_ci95": [low, high],
         "mean_max_reward": float(np.mean([e["max_reward"] for e in episodes])),
+        "normalized_score": None
+        if success_reward is None
+        else normalized_score([e["max_reward"] for e in episodes], success_reward),
         "mean_final_reward": float(np.mean([e["final_reward"] for e in episodes])),
         "mean_length": steps / n,
         "n_errors": sum(e["error"] is not None for e in episodes),
@@ -174,19 +193,27 @@ def summarize(episodes: Sequence[Mapping[str, Any]], latencies: Sequence[float],
 
 
 def markdown_table(cells: Sequence[Mapping[str, Any]]) -> str:
-    """One Markdown row per cell: sampler, steps, NFE, success with CI, rewards, length, latency, wall time."""
+    """One Markdown row per cell: sampler, steps, NFE, success with CI, rewards, length, latency, wall time.
+
+    Cells of a task with a success reward (PushT) also show the normalized score beside the max reward.
+    """
+    scored = any(c.get("normalized_score") is not None for c in cells)
     head = (
-        "| sampler | steps | NFE | success (95% CI) | max reward | final reward | length "
-        "| latency ms (median / p90) | wall s |"
+        "| sampler | steps | NFE | success (95% CI) | max reward | "
+        + ("normalized score | " if scored else "")
+        + "final reward | length | latency ms (median / p90) | wall s |"
     )
-    rows = [head, "|---|---:|---:|---|---:|---:|---:|---|---:|"]
+    rows = [head, "|---|---:|---:|---|---:|" + ("---:|" if scored else "") + "---:|---:|---|---:|"]
     for c in cells:
         lat = c["latency_ms"]
         latency = "-" if lat["median"] is None else f"{lat['median']:.1f} / {lat['p90']:.1f}"
         low, high = c["success_ci95"]
+        score = (
+            "" if not scored else f"{c['normalized_score']:.3f} | " if c.get("normalized_score") is not None else "- | "
+        )
         rows.append(
             f"| {c['sampler']} | {c['num_steps']} | {c['nfe']} | {c['success_rate']:.2f} ({low:.2f}-{high:.2f}) | "
-            f"{c['mean_max_reward']:.3f} | {c['mean_final_reward']:.3f} | {c['mean_length']:.1f} | {latency} | "
+            f"{c['mean_max_reward']:.3f} | {score}{c['mean_final_reward']:.3f} | {c['mean_length']:.1f} | {latency} | "
             f"{c['wall_time_s']:.1f} |"
         )
     return "\n".join(rows) + "\n"

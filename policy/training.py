@@ -260,6 +260,8 @@ def train(
                 results = rollout_success(eval_policy, rollout_task, cfg, step, run_dir)
                 records["success_rate"] = results["success_rate"]
                 records["mean_max_reward"] = results["mean_max_reward"]
+                if results["normalized_score"] is not None:
+                    records["normalized_score"] = results["normalized_score"]
                 if results["success_rate"] > best_success:
                     best_success = results["success_rate"]
                     metrics = {"success_rate": best_success}

@@ -196,6 +196,17 @@ def test_wilson_interval_matches_known_values():
     assert evaluation.wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
 
 
+def test_normalized_score_is_diffusion_policys_clipped_coverage_ratio():
+    episodes = [
+        {"success": s, "max_reward": r, "final_reward": r, "length": 3, "error": None}
+        for s, r in ((0, 0.475), (1, 0.99))
+    ]
+    summary = evaluation.summarize(episodes, [0.01], 1.0, success_reward=0.95)
+    assert summary["normalized_score"] == pytest.approx((0.5 + 1.0) / 2)  # 0.475 / 0.95, and 0.99 clipped to 1
+    assert summary["mean_max_reward"] == pytest.approx((0.475 + 0.99) / 2)
+    assert evaluation.summarize(episodes, [0.01], 1.0)["normalized_score"] is None  # a task without a threshold
+
+
 def test_missing_and_truncated_checkpoints_are_one_line_errors(tmp_path, ckpt):
     with pytest.raises(CheckpointError, match="does not exist"):
         eval_script.run(_cfg(f"checkpoint={tmp_path / 'nope.ckpt'}"))

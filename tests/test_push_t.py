@@ -59,6 +59,7 @@ def test_reward_is_coverage_and_success_at_goal(env):
     _, reward, _, _, info = env.step(np.array([0.2, 0.2], np.float32))
     assert reward == pytest.approx(t_coverage(env.block_pose, env.goal_pose))
     assert 0.7 < reward < 0.9 and not info["is_success"]
+    assert env.success_reward == 0.95  # evaluation's normalized score divides coverage by it
 
 
 def test_pusher_pushes_block_which_then_stops(env):
