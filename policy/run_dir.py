@@ -11,7 +11,8 @@ newest run of the same name) and, for the whole session:
   what the run trains (``policy.resume_config``);
 - if the session fails before anything was trained (no checkpoint, no log record), removes what hydra
   and the session put there (``.hydra/``, ``*.log``, ``config.yaml``, ``tb/``, ...) and the directory,
-  so failed starts leave no empty run directories; a directory holding anything else is left alone.
+  and the date folders above it left empty under ``output_root``, so failed starts leave no empty
+  run directories; a directory holding anything else is left alone.
 """
 
 from __future__ import annotations
@@ -74,11 +75,12 @@ def remove_untrained(path: Path) -> bool:
 class RunDir:
     """The directory of one training session, locked for it; ``checkpoint`` is the latest.ckpt to resume from."""
 
-    def __init__(self, path: Path, lock: FileLock, checkpoint: dict[str, Any] | None, spare: Path | None) -> None:
+    def __init__(self, path: Path, lock: FileLock, spare: Path | None, output_root: Path) -> None:
         self.path = path
-        self.checkpoint = checkpoint
+        self.checkpoint: dict[str, Any] | None = None
         self._lock = lock
         self._spare = spare  # hydra's fresh directory when resume=true continues another one
+        self._output_root = output_root
 
     @property
     def latest(self) -> Path:
@@ -106,7 +108,7 @@ class RunDir:
                 f"run dir {path} is in use by {holder} (another training holds {path / LOCK_NAME}); "
                 "wait for it to finish or pass another hydra.run.dir"
             ) from None
-        session = cls(path, lock, None, run_dir if run_dir != path else None)
+        session = cls(path, lock, run_dir if run_dir != path else None, Path(cfg.output_root))
         try:
             for directory in (path, path / "checkpoints"):
                 if directory.is_dir():
@@ -126,23 +128,34 @@ class RunDir:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc_type is not None:
-            remove_untrained(self.path)
-            if self._spare is not None:
-                _remove_untrained_if_free(self._spare)
+            removed = [self.path] if remove_untrained(self.path) else []
+            if self._spare is not None and _remove_untrained_if_free(self._spare):
+                removed.append(self._spare)
+            for path in removed:
+                _remove_empty_parents(path, self._output_root)
         self._lock.release()
 
 
-def _remove_untrained_if_free(path: Path) -> None:
-    """``remove_untrained(path)`` unless another training holds the directory's lock."""
+def _remove_untrained_if_free(path: Path) -> bool:
+    """``remove_untrained(path)`` unless another training holds the directory's lock; True if removed."""
     lock = FileLock(path / LOCK_NAME)
     try:
         lock.acquire(timeout=0)
     except (LockBusyError, FileNotFoundError):
-        return
+        return False
     try:
-        remove_untrained(path)
+        return remove_untrained(path)
     finally:
         lock.release()
+
+
+def _remove_empty_parents(path: Path, output_root: Path) -> None:
+    """Remove the directories between ``path`` and ``output_root`` (e.g. hydra's date folder) left empty."""
+    root = output_root.resolve()
+    parent = path.resolve().parent
+    while parent != root and root in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
 
 
 def _check_resumable(cfg: DictConfig, checkpoint: dict[str, Any], path: Path) -> None:

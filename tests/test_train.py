@@ -273,9 +273,9 @@ def test_resume_refuses_another_objective_or_architecture_and_allows_a_longer_ru
 )
 def test_bad_settings_fail_before_the_store_is_opened_and_leave_no_run_dir(tmp_path, override, message):
     missing = tmp_path / "never_collected.zarr"
-    run_dir = tmp_path / "outputs" / "run"
+    run_dir = tmp_path / "2024-01-01" / "12-00-00_tiny"  # hydra's <output_root>/<date>/<time>_<name>
     (run_dir / ".hydra").mkdir(parents=True)  # what hydra writes before train.py's code runs
     (run_dir / "train.log").write_text("")
     with pytest.raises(ValueError, match=re.escape(message)):
         train(_compose([*tiny_overrides(tmp_path, missing), override]), run_dir, progress=False)
-    assert not missing.exists() and not run_dir.exists()
+    assert not missing.exists() and not run_dir.parent.exists() and tmp_path.exists()
