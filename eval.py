@@ -1,6 +1,7 @@
 """Evaluate a checkpoint in its task's env: python eval.py checkpoint=PATH n_episodes=50 n_envs=4 sampler=ddim
 
     python eval.py checkpoint=PATH sweep.samplers=[ddpm,ddim,dpmsolver] sweep.num_steps=[1,2,4,8,16,100]
+    python eval.py checkpoint=PATH sampler.num_steps=4   # the checkpoint's own sampler with 4 steps
 
 The hydra entry point over ``policy.evaluation``: the checkpoint alone is enough (its stored config names
 the task: env id, env kwargs, episode length, fps). Writes results.json, results.md and the videos into
@@ -18,7 +19,7 @@ import hydra
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from configs import unknown_option
 from data.atomic import write_json_atomic, write_text_atomic
@@ -39,14 +40,16 @@ def default_out_dir(checkpoint: Path, label: str) -> Path:
 
 def plan_cells(policy: ChunkPolicy, cfg: DictConfig) -> tuple[list[tuple[Sampler, int | None]], list[str]]:
     """The (sampler, num_steps) cells to run and the notes on skipped invalid pairs."""
+    chosen = "_target_" in cfg.sampler  # sampler=<name> picked a configs/sampler group; else only num_steps is set
     try:
         if cfg.sweep.samplers:
             samplers = [resolve_sampler(policy, str(name)) for name in cfg.sweep.samplers]
         else:
-            samplers = [resolve_sampler(policy, None if cfg.get("sampler") is None else instantiate(cfg.sampler))]
+            samplers = [resolve_sampler(policy, instantiate(cfg.sampler) if chosen else None)]
     except (ValueError, InstantiationException) as exc:  # unknown sampler name or bad sampler setting
         raise EvalError(f"sampler: {exc.__cause__ or exc}") from exc
-    steps = [int(n) for n in cfg.sweep.num_steps] or [None]
+    own_steps = None if chosen or cfg.sampler.num_steps is None else int(cfg.sampler.num_steps)
+    steps = [int(n) for n in cfg.sweep.num_steps] or [own_steps]
     cells, skipped = [], []
     for sampler in samplers:
         for n in steps:
@@ -62,6 +65,10 @@ def plan_cells(policy: ChunkPolicy, cfg: DictConfig) -> tuple[list[tuple[Sampler
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Load the checkpoint, evaluate every cell, write results.json and results.md; returns what was written."""
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise EvalError(
+            "checkpoint= is required, e.g. eval.py checkpoint=outputs/<date>/<time>_<name>/checkpoints/latest.ckpt"
+        )
     device = resolve_device(cfg.device)
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)

@@ -4,6 +4,8 @@ The hydra entry point over ``policy.training``: opens the task's store (collecti
 missing), hands the training loop the task's env for periodic rollouts, and prints the run's summary. A run
 directory ``outputs/<date>/<time>_<name>/`` is created per run; rerunning with the same directory
 (``hydra.run.dir=...``) or ``resume=true`` continues it. SIGINT/SIGTERM write ``latest.ckpt`` and exit.
+Settings, the run directory's lock and the resume checks come before the store is opened; a run that fails
+before its first step leaves no run directory behind.
 """
 
 from __future__ import annotations
@@ -21,14 +23,17 @@ from omegaconf import DictConfig, OmegaConf
 from configs import unknown_option
 from data.task_store import open_training_data
 from envs.task_env import TaskEnv
-from policy.training import train
+from policy.run_dir import RunDir
+from policy.training import check_config, train
 
 
 def run(cfg: DictConfig, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Open the task's training data and env, train in ``run_dir``; returns the training summary."""
-    data = open_training_data(cfg, progress)
-    task = TaskEnv.from_config(OmegaConf.to_container(cfg.task, resolve=True)) if cfg.rollout.every > 0 else None
-    return train(cfg, run_dir, data, rollout_task=task, progress=progress)
+    """Check the settings, lock ``run_dir``, open the task's data and env and train; returns the training summary."""
+    with RunDir.open(cfg, run_dir) as held:
+        check_config(cfg)
+        data = open_training_data(cfg, progress)
+        task = TaskEnv.from_config(OmegaConf.to_container(cfg.task, resolve=True)) if cfg.rollout.every > 0 else None
+        return train(cfg, held, data, rollout_task=task, progress=progress)
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="train")

@@ -10,14 +10,18 @@ guarantees (fsync, cleanup on failure, same-directory temp) are the point.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+_TEMP_NAME = re.compile(r"^\..*\.tmp-\d+-[0-9a-f]{8}")  # what _temp_sibling makes
 
 
 def _temp_sibling(path: Path) -> Path:
@@ -66,7 +70,9 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp directory path to fill; on success move it to ``path`` (replacing it if ``overwrite``).
 
     On failure the temp tree is deleted and ``path`` is untouched. FileExistsError if ``path`` exists and
-    ``overwrite`` is false.
+    ``overwrite`` is false, also when another process creates ``path`` meanwhile: the final rename never
+    replaces a tree it did not check. With ``overwrite`` the old tree is renamed aside, the new one renamed
+    in, and only then is the old one deleted.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -75,15 +81,44 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     tmp = _temp_sibling(path)
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(tmp, path)
+        if overwrite and path.exists():
+            aside = _temp_sibling(path)
+            os.rename(path, aside)
+            os.rename(tmp, path)
+            shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
+        else:
+            _rename_no_replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if tmp.is_file():
             tmp.unlink()
         raise
     _fsync_dir(path.parent)
+
+
+def _rename_no_replace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; FileExistsError if ``dst`` exists (a non-empty directory is never replaced)."""
+    if dst.exists():
+        raise FileExistsError(f"{dst} already exists (created by another process meanwhile)")
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise FileExistsError(f"{dst} already exists (created by another process meanwhile)") from None
+        raise
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete the temp files ``atomic_path`` leaves in ``directory`` when a writer is killed; returns them.
+
+    Call it only while holding the directory's lock: a temp file of a live writer looks the same.
+    """
+    removed = []
+    for entry in Path(directory).glob(".*.tmp-*"):
+        if _TEMP_NAME.match(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> Path:

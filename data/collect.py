@@ -7,11 +7,16 @@ that seed, so every episode is reproducible on its own. An episode ends at the e
 (or at ``max_episode_steps``); successful episodes are appended atomically with ``meta/seed``,
 ``meta/mode`` and ``meta/success``. ``n_episodes`` is the total the store should hold: rerunning a
 command after an interrupt reopens the store, skips the seeds it already holds and continues.
+
+A run holds the store's writer lock from opening it to the end, so two runs on one store take turns:
+the second waits (up to ``lock_timeout`` seconds) for the first to finish and then continues from what
+the store holds, exactly as if it had been started afterwards. Bad input exits with one line.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -24,7 +29,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from data.replay_buffer import ReplayBuffer
+from configs import unknown_option
+from data.replay_buffer import ReplayBuffer, StoreExistsError
 from envs import check_env_id
 from envs.experts import make_expert
 
@@ -82,11 +88,29 @@ def _run_in_worker(seed: int) -> dict[str, Any]:
     return _worker_runner.run(seed)
 
 
-def _open_store(out: Path, attrs: dict[str, Any]) -> ReplayBuffer:
-    """Open ``out`` for appending (checking it holds the same task) or create it."""
+def _open_store(out: Path, attrs: dict[str, Any], lock_timeout: float | None) -> ReplayBuffer:
+    """Open ``out`` for appending (checking it holds the same task), or create it; waits for another writer."""
     if not out.exists():
-        return ReplayBuffer.create(out, attrs=attrs)
-    buffer = ReplayBuffer.open(out, mode="a")
+        try:
+            return ReplayBuffer.create(out, attrs=attrs)
+        except StoreExistsError:
+            pass  # another run created it a moment ago: append to it once that run lets go
+    buffer = ReplayBuffer.open(
+        out,
+        mode="a",
+        lock_timeout=lock_timeout,
+        on_wait=lambda pid: print(f"{out} is being written by PID {pid}; waiting for it to finish", flush=True),
+    )
+    try:
+        _check_store_fits(buffer, out, attrs)
+    except BaseException:
+        buffer.close()
+        raise
+    return buffer
+
+
+def _check_store_fits(buffer: ReplayBuffer, out: Path, attrs: dict[str, Any]) -> None:
+    """ValueError unless the store at ``out`` holds this task's episodes (or none yet)."""
     for key in ("task", "fps", "obs_keys", "env_kwargs"):
         if key in buffer.attrs and buffer.attrs[key] != attrs[key]:
             raise ValueError(
@@ -94,7 +118,6 @@ def _open_store(out: Path, attrs: dict[str, Any]) -> ReplayBuffer:
             )
     if buffer.n_episodes and "seed" not in buffer.meta_keys():
         raise ValueError(f"{out} has episodes without meta/seed (not written by data.collect); choose another `out`")
-    return buffer
 
 
 def observation_env_kwargs(env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,15 +144,22 @@ def collect(
     keep_failed: bool = False,
     max_attempts: int | None = None,
     progress: bool = True,
+    lock_timeout: float | None = 3600.0,
 ) -> dict[str, Any]:
-    """Fill the store at ``out`` up to ``n_episodes`` expert episodes of a task config; return a summary dict."""
-    if n_episodes < 1:
-        raise ValueError(f"n_episodes={n_episodes} must be >= 1")
-    if n_workers < 1:
-        raise ValueError(f"n_workers={n_workers} must be >= 1")
+    """Fill the store at ``out`` up to ``n_episodes`` expert episodes of a task config; return a summary dict.
+
+    ``lock_timeout``: seconds to wait for another process writing the store (None: as long as it runs).
+    """
+    for name, value in (
+        ("n_episodes", n_episodes),
+        ("n_workers", n_workers),
+        ("max_attempts", 1 if max_attempts is None else max_attempts),
+    ):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be an integer >= 1")
     max_attempts = 2 * n_episodes + 20 if max_attempts is None else max_attempts
-    if max_attempts < 1:
-        raise ValueError(f"max_attempts={max_attempts} must be >= 1 (or None for 2 * n_episodes + 20)")
+    if lock_timeout is not None and not lock_timeout >= 0:
+        raise ValueError(f"lock_timeout={lock_timeout!r} must be >= 0 seconds (or null to wait as long as it takes)")
     noise = task_cfg["expert"]["noise_std"] if noise_std is None else noise_std
     runner_args = (task_cfg["env_id"], dict(task_cfg["env_kwargs"]), int(task_cfg["max_episode_steps"]), noise)
 
@@ -143,10 +173,10 @@ def collect(
         "mode_names": mode_names,
         "env_kwargs": observation_env_kwargs(task_cfg["env_kwargs"]),
     }
-    pool = None
+    pool, buffer = None, None
     try:
         out = Path(out)
-        buffer = _open_store(out, attrs)
+        buffer = _open_store(out, attrs, lock_timeout)
         buffer.set_attrs(**attrs)
         taken = set(buffer.episode_meta("seed").tolist()) if "seed" in buffer.meta_keys() else set()
         seeds = _candidate_seeds(seed, taken)
@@ -175,25 +205,27 @@ def collect(
                         bar.update(1)
                     if buffer.n_episodes >= n_episodes:
                         break
+        stored_modes = Counter(buffer.episode_meta("mode").tolist()) if buffer.n_episodes else Counter()
+        episodes, steps = buffer.n_episodes, buffer.n_steps
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
         runner.close()
-
-    stored_modes = Counter(buffer.episode_meta("mode").tolist()) if buffer.n_episodes else Counter()
+        if buffer is not None:
+            buffer.close()
     return {
         "task": task_cfg["name"],
         "out": str(out),
-        "episodes": buffer.n_episodes,
-        "new_episodes": buffer.n_episodes - existing,
-        "steps": buffer.n_steps,
+        "episodes": episodes,
+        "new_episodes": episodes - existing,
+        "steps": steps,
         "attempts": attempts,
         "expert_success_rate": successes / attempts if attempts else float("nan"),
         "mode_counts": {name: stored_modes.get(i, 0) for i, name in enumerate(mode_names)},
         "tried_mode_counts": {name: tried_modes.get(i, 0) for i, name in enumerate(mode_names)},
         "wall_time_s": time.perf_counter() - start,
-        "complete": buffer.n_episodes >= n_episodes,
+        "complete": episodes >= n_episodes,
     }
 
 
@@ -216,20 +248,27 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 @hydra.main(version_base=None, config_path="../configs", config_name="collect")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point (configs/collect.yaml): collect, then print the summary table."""
-    task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
-    summary = collect(
-        task_cfg,
-        cfg.n_episodes,
-        cfg.out,
-        seed=cfg.seed,
-        n_workers=cfg.n_workers,
-        noise_std=cfg.noise_std,
-        keep_failed=cfg.keep_failed,
-        max_attempts=cfg.max_attempts,
-    )
+    """Hydra entry point (configs/collect.yaml): collect, then print the summary table; bad input exits in one line."""
+    try:
+        task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
+        summary = collect(
+            task_cfg,
+            cfg.n_episodes,
+            cfg.out,
+            seed=cfg.seed,
+            n_workers=cfg.n_workers,
+            noise_std=cfg.noise_std,
+            keep_failed=cfg.keep_failed,
+            max_attempts=cfg.max_attempts,
+            lock_timeout=cfg.lock_timeout,
+        )
+    except (ValueError, FileNotFoundError, gymnasium.error.Error) as exc:  # bad counts, task, store or env id
+        sys.exit(f"data.collect: error: {exc}")
     print(format_summary(summary))
 
 
 if __name__ == "__main__":
+    problem = unknown_option(sys.argv[1:], "collect")
+    if problem is not None:
+        sys.exit(f"data.collect: error: {problem}")
     main()

@@ -15,6 +15,8 @@ observation keys (``key_map``), optionally keeps only one filter key, and record
 ``meta/robomimic_demo`` (the demo number) and one boolean ``meta/mask_<filter>`` per filter
 key. Export writes every field robomimic's ``SequenceDataset`` reads. Both write to a
 temporary path and rename it at the end, so an interrupted conversion leaves nothing behind.
+The input is never the output, and ``--overwrite`` replaces only what the command writes (a zarr
+store for import, an hdf5 file for export), never another file or directory.
 
 CLI::
 
@@ -29,15 +31,15 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 from tqdm import tqdm
 
-from data.atomic import atomic_dir, atomic_path
-from data.replay_buffer import ReplayBuffer, ReplayBufferError
+from data.atomic import atomic_path
+from data.replay_buffer import ReplayBuffer, ReplayBufferError, is_zarr_store
 from data.sampler import split_episodes
 
 _DEMO = re.compile(r"^demo_(\d+)$")
@@ -47,10 +49,18 @@ class RobomimicFormatError(ValueError):
     """An hdf5 file that does not follow robomimic's layout."""
 
 
-def _check_output(path: Path, overwrite: bool) -> None:
-    """Refuse to clobber an existing output unless asked."""
-    if path.exists() and not overwrite:
+def _check_output(src: Path, path: Path, overwrite: bool, replaceable: Callable[[Path], bool], kind: str) -> None:
+    """Refuse to write onto the input, to clobber an existing output unless asked, or to replace a non-``kind``."""
+    if path.exists() and src.exists() and path.resolve() == src.resolve():
+        raise ValueError(f"{path} is the input; choose another output path")
+    if not path.exists():
+        return
+    if not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if not replaceable(path):
+        raise ValueError(
+            f"{path} exists and is not {kind}; refusing to replace it: remove it yourself or choose another path"
+        )
 
 
 def _sorted_demos(names: Sequence[str], where: str) -> list[str]:
@@ -74,7 +84,7 @@ def import_hdf5(
     hdf5_path, zarr_path = Path(hdf5_path), Path(zarr_path)
     if not hdf5_path.is_file():
         raise FileNotFoundError(f"{hdf5_path}: no such hdf5 file")
-    _check_output(zarr_path, overwrite)
+    _check_output(hdf5_path, zarr_path, overwrite, is_zarr_store, "a zarr store")
     try:
         f = h5py.File(hdf5_path, "r")
     except OSError as exc:
@@ -100,11 +110,9 @@ def import_hdf5(
         env_args = f["data"].attrs.get("env_args", "{}")
         store_attrs = {"source": str(hdf5_path), "obs_keys": list(mapping), "robomimic_env_args": str(env_args)}
         store_attrs.update(dict(attrs or {}))
-        with atomic_dir(zarr_path, overwrite=True) as tmp:
-            buf = ReplayBuffer.create(tmp, attrs=store_attrs)
+        with ReplayBuffer.building(zarr_path, attrs=store_attrs, overwrite=overwrite) as buf:
             for name in tqdm(demos, desc=f"import {hdf5_path.name}", unit="demo"):
                 buf.add_episode(_read_demo(f, name, mapping), _demo_meta(name, masks))
-            buf.close()
     return ReplayBuffer.open(zarr_path)
 
 
@@ -148,7 +156,7 @@ def export_hdf5(
 ) -> Path:
     """Export a zarr store to robomimic's hdf5 layout (``mask/train``/``mask/valid`` if ``val_ratio``)."""
     hdf5_path = Path(hdf5_path)
-    _check_output(hdf5_path, overwrite)
+    _check_output(Path(zarr_path), hdf5_path, overwrite, lambda p: p.is_file() and h5py.is_hdf5(p), "an hdf5 file")
     buf = ReplayBuffer.open(zarr_path)
     if action_key not in buf:
         raise ReplayBufferError(f"{zarr_path}: no key {action_key!r} to export as actions; keys: {buf.keys()}")

@@ -72,7 +72,13 @@ def open_training_data(cfg: DictConfig, progress: bool = True) -> TrainingData:
             progress=progress,
         )
         print(format_summary(summary))
-    buffer = ReplayBuffer.open(path, "r", in_memory=True)
+    buffer = ReplayBuffer.open(
+        path,
+        "r",
+        in_memory=True,
+        wait_for_writer=None,  # another process collecting the store: train on the finished store, not half of it
+        on_wait=lambda pid: print(f"{path} is being written by PID {pid}; waiting for it to finish", flush=True),
+    )
     check_store(buffer, path, cfg.task, shape_meta)
     horizons = dict(
         horizon=cfg.policy.horizon, n_obs_steps=cfg.policy.n_obs_steps, n_action_steps=cfg.policy.n_action_steps

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import gymnasium
 
-from envs.gl import preload_triton, select_gl_backend
+from envs.gl import preload_triton, quiet_pyopengl, select_gl_backend
 from envs.metaworld_tasks import METAWORLD_MAX_EPISODE_STEPS, METAWORLD_TASK_NAMES, metaworld_env_id
 
 select_gl_backend()
+quiet_pyopengl()
 preload_triton()  # before any GL context: see envs/gl.py
 
 # env id -> (entry point, max episode steps)

@@ -9,6 +9,9 @@ own LLVM when the first GL context is made. triton (installed with torch, and im
 torchvision and torch.compile) bundles another LLVM, and importing it *after* a GL context exists
 crashes the process with a segmentation fault. Importing it first is safe, so
 ``preload_triton`` does that (0.2 s) before any context can exist.
+
+PyOpenGL (MuJoCo's EGL/OSMesa bindings) logs "No OpenGL_accelerate module loaded" at INFO on import,
+which hydra's logging prints on every run; ``quiet_pyopengl`` keeps that logger to warnings.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import ctypes.util
 import importlib
 import importlib.util
+import logging
 import os
 
 _BACKEND_LIBRARIES = (("egl", "EGL"), ("osmesa", "OSMesa"))
@@ -35,3 +39,8 @@ def preload_triton() -> bool:
         return False
     importlib.import_module("triton")
     return True
+
+
+def quiet_pyopengl() -> None:
+    """Show only PyOpenGL's warnings and errors (its import logs an INFO line about an optional accelerator)."""
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)

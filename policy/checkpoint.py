@@ -15,13 +15,18 @@ that opening a file never runs code from it:
     metrics               the latest validation/rollout numbers (floats)
 
 Files are written through ``data.atomic`` (temporary path in the same directory, fsync, rename), so a
-crash never leaves a half-written checkpoint under the final name. This module is file I/O only:
+crash never leaves a half-written checkpoint under the final name, with the user's umask. ``torch.save``
+writes a zip archive with a CRC-32 per entry that ``torch.load`` never checks, so loading first checks
+every CRC (``zipfile.testzip``): a file with flipped bytes is refused as damaged instead of loading with a
+tensor silently changed. Refusals say what the file is (not a checkpoint, damaged, or holding pickled
+objects) and never suggest an unsafe load. This module is file I/O only:
 ``ChunkPolicy.from_checkpoint`` builds the policy a loaded checkpoint describes.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,18 +58,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass checkpoint=<run dir>/checkpoints/latest.ckpt")
+    check_integrity(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" such as {found.group(1)}" if found else ""
         raise CheckpointError(
-            f"checkpoint {path} holds pickled Python objects, which actchunk refuses to load (they can run code); "
-            f"re-save it with actchunk's train.py ({str(exc).splitlines()[0]})"
-        ) from exc
+            f"checkpoint {path} holds pickled Python objects{what}, which actchunk refuses to load (unpickling "
+            "can run code from the file); re-save it with actchunk's train.py"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); "
             "use another checkpoint, e.g. latest.ckpt"
-        ) from exc
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an actchunk checkpoint (no format={FORMAT!r}); was it written by train.py?"
@@ -83,6 +91,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} lacks build entries {missing}; it is incomplete, use another checkpoint"
         )
     return ckpt
+
+
+def check_integrity(path: Path) -> None:
+    """CheckpointError unless ``path`` is a whole zip archive (torch.save's format) whose every CRC-32 matches."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # a zip archive's first local file header
+        raise CheckpointError(
+            f"{path} is not a checkpoint (torch.save writes a zip archive; this file starts with {head!r}); "
+            "pass a checkpoint written by train.py, e.g. <run dir>/checkpoints/latest.ckpt"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated (its zip structure is broken: {exc}); "
+            "use another checkpoint, e.g. latest.ckpt"
+        ) from None
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: entry {bad} fails its CRC-32 check (the file changed after it was "
+            "written); use another checkpoint, e.g. latest.ckpt or best.ckpt"
+        )
 
 
 def checkpoint_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:

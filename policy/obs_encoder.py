@@ -11,18 +11,26 @@ The crop is our own rather than robomimic's ``CropRandomizer``: it cuts the (N, 
 the normalizer hands over with one slice per image before the permute to channels-first (robomimic's needs
 CHW input and adds a crop dimension for its multi-crop averaging, which is not used here). Random
 crop offsets are drawn per image in training mode; in eval mode the crop is centred.
+
+robomimic reads optional user settings from a ``robomimic.macros_private`` module and prints a 5-line
+"No private macro file found!" banner on import when there is none; an empty one (robomimic's defaults)
+is registered before the import, so every run is spared the banner.
 """
 
 from __future__ import annotations
 
+import sys
+import types
 import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
-from robomimic.models.base_nets import ResNet18Conv, SpatialSoftmax
 from torch import Tensor, nn
 
 from policy.mish import Mish
+
+sys.modules.setdefault("robomimic.macros_private", types.ModuleType("robomimic.macros_private"))
+from robomimic.models.base_nets import ResNet18Conv, SpatialSoftmax  # noqa: E402 - after the empty macros
 
 OBS_TYPES = ("rgb", "low_dim")
 BACKBONES = ("resnet18", "small")

@@ -3,8 +3,10 @@
 A run directory holds ``config.yaml``, ``log.jsonl``, TensorBoard scalars (``tb/``), ``loss.png`` and
 ``checkpoints/{latest,best}.ckpt``. Training in a run directory that already has ``latest.ckpt``
 (``resume=true`` picks the newest run of the same name) continues from it with the optimizer, scheduler,
-EMA, RNG and data order restored, so the loss sequence matches an uninterrupted run. SIGINT/SIGTERM
-finish the current step, write ``latest.ckpt`` and return. Periodic rollouts go through
+EMA, RNG and data order restored, so the loss sequence matches an uninterrupted run; ``policy.run_dir``
+locks the directory for the session and refuses a config that changes what the run trains. Settings are
+checked (``check_config``) before anything is loaded. SIGINT/SIGTERM finish the current step, write
+``latest.ckpt`` and return. Periodic rollouts go through
 ``policy.evaluation`` on the ``EnvTask`` the caller passes, so this module never imports ``envs/``.
 """
 
@@ -22,19 +24,22 @@ from tqdm import tqdm
 
 from data.atomic import write_text_atomic
 from data.dataset import SequenceDataset, TrainingData, make_train_loader
-from policy.checkpoint import (
-    CheckpointError,
-    config_to_yaml,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from policy.checkpoint import CheckpointError, config_to_yaml, rng_state, save_checkpoint, set_rng_state
 from policy.chunk_policy import ChunkPolicy
 from policy.ema import EMA
 from policy.evaluation import EnvTask, evaluate
 from policy.optim import autocast, autocast_enabled, make_optimizer, make_scheduler, resolve_device
+from policy.run_dir import RunDir
 from policy.run_log import RunLog, plot_losses
+
+POSITIVE_SETTINGS = (
+    "training.max_steps",
+    "training.batch_size",
+    "training.log_every",
+    "training.val_every",
+    "training.val_batches",
+    "training.checkpoint_every",
+)
 
 
 class StopRequested:
@@ -105,38 +110,63 @@ def rollout_success(policy: ChunkPolicy, task: EnvTask, cfg: DictConfig, step: i
         torch.set_num_threads(threads)
 
 
-def find_resume_dir(cfg: DictConfig, run_dir: Path) -> Path:
-    """The run to continue: this run dir if it has a checkpoint, else (resume=true) the newest run of the same name."""
-    if (run_dir / "checkpoints" / "latest.ckpt").exists() or not cfg.resume:
-        return run_dir
-    candidates = sorted(
-        Path(cfg.output_root).glob(f"*/*_{cfg.name}/checkpoints/latest.ckpt"), key=lambda p: p.stat().st_mtime
-    )
-    if not candidates:
-        raise FileNotFoundError(
-            f"resume=true but no run named {cfg.name!r} has checkpoints/latest.ckpt under {cfg.output_root}/; "
-            "pass hydra.run.dir=<run dir> or drop resume"
-        )
-    return candidates[-1].parent.parent
+def _is_int(value: Any) -> bool:
+    """Whether ``value`` is an int (bools are not counts)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """ValueError naming the first bad setting (counts, intervals, rollouts, split, device, amp) before any work."""
+    for key in POSITIVE_SETTINGS:
+        value = OmegaConf.select(cfg, key)
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{key}={value!r} must be an integer >= 1")
+    if not _is_int(cfg.training.warmup_steps) or cfg.training.warmup_steps < 0:
+        raise ValueError(f"training.warmup_steps={cfg.training.warmup_steps!r} must be an integer >= 0")
+    if not _is_int(cfg.rollout.every) or cfg.rollout.every < 0:
+        raise ValueError(f"rollout.every={cfg.rollout.every!r} must be an integer >= 0 (0 = no rollouts)")
+    if cfg.rollout.every > 0:
+        for key in ("rollout.n_episodes", "rollout.n_envs"):
+            value = OmegaConf.select(cfg, key)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{key}={value!r} must be an integer >= 1 when rollout.every > 0")
+    if not 0 <= cfg.dataset.val_ratio < 1:
+        raise ValueError(f"dataset.val_ratio={cfg.dataset.val_ratio!r} must be in [0, 1)")
+    autocast_enabled(cfg.amp, resolve_device(cfg.device))
 
 
 def train(
-    cfg: DictConfig, run_dir: Path, data: TrainingData, *, rollout_task: EnvTask | None = None, progress: bool = True
+    cfg: DictConfig,
+    run_dir: Path | RunDir,
+    data: TrainingData,
+    *,
+    rollout_task: EnvTask | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train per ``cfg`` in ``run_dir`` (resuming from its latest.ckpt if present); return a summary.
 
+    ``run_dir`` is a path (opened and locked here) or a ``RunDir`` the caller holds already.
     ``rollout_task`` is the env of the periodic rollouts (``cfg.rollout.every > 0``).
     """
+    if isinstance(run_dir, RunDir):
+        return _train_session(cfg, run_dir, data, rollout_task, progress)
+    check_config(cfg)
+    with RunDir.open(cfg, run_dir) as session:
+        return _train_session(cfg, session, data, rollout_task, progress)
+
+
+def _train_session(
+    cfg: DictConfig, session: RunDir, data: TrainingData, rollout_task: EnvTask | None, progress: bool
+) -> dict[str, Any]:
+    """``train`` in the locked, checked run directory ``session``."""
     if cfg.rollout.every > 0 and rollout_task is None:
         raise ValueError(
             "rollout.every > 0 needs the task's env for rollouts; pass rollout_task or set rollout.every=0"
         )
     shape_meta = dict(data.shape_meta)
     train_set, val_set = data.train_set, data.val_set
-    run_dir = find_resume_dir(cfg, run_dir)
+    resume, latest, run_dir = session.checkpoint, session.latest, session.path
     ckpt_dir = run_dir / "checkpoints"
-    latest = ckpt_dir / "latest.ckpt"
-    resume = load_checkpoint(latest) if latest.exists() else None
     if resume is not None:
         print(f"resuming {run_dir} from step {resume['step']}")
         if resume["build"]["shape_meta"] != shape_meta:
@@ -158,12 +188,18 @@ def train(
     scheduler = make_scheduler(optimizer, cfg.training.warmup_steps, cfg.training.max_steps, cfg.training.min_lr_ratio)
     step, best_success = 0, -1.0
     if resume is not None:
-        policy.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if ema is not None and resume.get("ema") is not None:
-            ema.module.load_state_dict(resume["ema"])
-            ema.n_averaged.fill_(resume["ema_n_averaged"])
+        try:
+            policy.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            if ema is not None and resume.get("ema") is not None:
+                ema.module.load_state_dict(resume["ema"])
+                ema.n_averaged.fill_(resume["ema_n_averaged"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"{latest} does not fit the model this config builds ({first}); use a new run dir"
+            ) from None
         step, best_success = resume["step"], resume["metrics"].get("best_success", -1.0)
     prior_train_time = 0.0 if resume is None else float(resume["metrics"].get("train_time_s", 0.0))
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from data.atomic import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
+from data.atomic import atomic_dir, atomic_path, remove_stale_temps, write_json_atomic, write_text_atomic
 
 
 def test_write_that_fails_half_way_keeps_the_old_file_and_removes_the_temp(tmp_path):
@@ -52,3 +52,20 @@ def test_directory_trees_appear_whole_or_not_at_all(tmp_path):
     with atomic_dir(store, overwrite=True) as tmp:
         tmp.mkdir()
     assert list(store.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["demo.zarr"]
+
+
+def test_a_tree_created_meanwhile_is_never_replaced_and_stale_temps_are_removed(tmp_path):
+    store = tmp_path / "demo.zarr"
+    with pytest.raises(FileExistsError, match="created by another process meanwhile"):
+        with atomic_dir(store) as tmp:
+            tmp.mkdir()
+            (tmp / "mine").write_text("1")
+            store.mkdir()  # another process publishes first
+            (store / "theirs").write_text("2")
+    assert [p.name for p in store.iterdir()] == ["theirs"] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "demo.zarr"
+    ]
+    stale = tmp_path / ".latest.tmp-4242-0123abcd.ckpt"
+    stale.write_bytes(b"x")
+    (tmp_path / ".hidden").write_text("kept")
+    assert remove_stale_temps(tmp_path) == [stale] and (tmp_path / ".hidden").exists()

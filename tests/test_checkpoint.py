@@ -1,5 +1,10 @@
 """Tests for policy/checkpoint.py and ChunkPolicy.from_checkpoint."""
 
+import os
+import random
+import stat
+import struct
+import zipfile
 from pathlib import PurePosixPath
 
 import pytest
@@ -122,3 +127,42 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path / "a.ckpt", _state(1))
     assert (tmp_path / "a.ckpt").read_bytes() == before and len(list(tmp_path.iterdir())) == 1
+
+
+def _tensor_offset(path, entry_suffix: str) -> int:
+    """Byte offset of an entry's data inside the zip (after its local header)."""
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(entry_suffix))
+    raw = path.read_bytes()
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def test_flipped_bytes_random_bytes_and_pickles_are_named_and_never_the_unsafe_advice(tmp_path):
+    save_checkpoint(tmp_path / "a.ckpt", _state())
+    raw = bytearray((tmp_path / "a.ckpt").read_bytes())
+    raw[_tensor_offset(tmp_path / "a.ckpt", "/data/0") + 5] ^= 0x01  # one bit of one tensor
+    (tmp_path / "flip.ckpt").write_bytes(bytes(raw))
+    messages = []
+    with pytest.raises(CheckpointError, match=r"is damaged: entry .*/data/0 fails its CRC-32 check") as caught:
+        load_checkpoint(tmp_path / "flip.ckpt")
+    messages.append(str(caught.value))
+    (tmp_path / "random.ckpt").write_bytes(random.Random(0).randbytes(4096))
+    with pytest.raises(CheckpointError, match=r"random.ckpt is not a checkpoint \(torch.save writes a zip") as caught:
+        load_checkpoint(tmp_path / "random.ckpt")
+    messages.append(str(caught.value))
+    with open(tmp_path / "evil.ckpt", "wb") as f:
+        torch.save({"format": "actchunk.checkpoint", "obj": PurePosixPath("x")}, f)
+    with pytest.raises(CheckpointError, match=r"holds pickled Python objects such as pathlib.PurePosixPath") as caught:
+        load_checkpoint(tmp_path / "evil.ckpt")
+    messages.append(str(caught.value))
+    assert all("weights_only" not in m and "\n" not in m for m in messages)
+
+
+def test_checkpoints_are_written_with_the_users_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        save_checkpoint(tmp_path / "a.ckpt", _state())
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.ckpt").stat().st_mode) == 0o640

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,69 @@ def test_command_line(tmp_path):
     assert "expert success" in result.stdout and "100.0%" in result.stdout
     buffer = ReplayBuffer.open(out)
     assert buffer.n_episodes == 2 and buffer["image"].shape[1:] == (24, 24, 3)
+
+
+def _collect_cli(tmp_path: Path, *args: str) -> subprocess.Popen:
+    """``python -m data.collect`` on 24 px PushAround with its hydra dir in tmp_path."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "data.collect",
+            "task=push_around",
+            "task.env_kwargs.image_size=24",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+            *args,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_concurrent_collects_into_one_store_hold_exactly_the_serial_episodes(tmp_path):
+    out = tmp_path / "shared.zarr"
+    runs = [_collect_cli(tmp_path, f"n_episodes={n}", f"out={out}") for n in (3, 6)]
+    results = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-1500:] for _, err in results]
+    added = [int(re.search(r"\((\+\d+) this run\)", out_).group(1)) for out_, _ in results]
+    reference = tmp_path / "serial.zarr"
+    collect(task_cfg(image_size=24), 6, reference, progress=False)
+    shared, serial = ReplayBuffer.open(out), ReplayBuffer.open(reference)
+    assert shared.n_episodes == 6 == sum(added)  # every episode a run reports is in the store
+    seeds = shared.episode_meta("seed").tolist()
+    assert sorted(seeds) == list(range(6))
+    for i, seed in enumerate(seeds):  # each episode's data is the one its seed produces
+        for key, value in serial.get_episode(seed).items():
+            np.testing.assert_array_equal(shared.get_episode(i)[key], value)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["n_episodes=0"], "data.collect: error: n_episodes=0 must be an integer >= 1"),
+        (["n_episodz=3"], "data.collect: error: unknown option 'n_episodz'; valid options: task, n_episodes"),
+        (["out={notes}"], "data.collect: error: {notes}: missing 'meta/episode_ends'; not a replay buffer store"),
+    ],
+)
+def test_command_line_bad_input_is_one_line(tmp_path, args, message):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    run = _collect_cli(tmp_path, *(a.format(notes=notes) for a in args))
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 1 and err.strip().splitlines() == [err.strip()], err[-1500:]
+    assert err.strip().startswith(message.format(notes=notes))
+    assert list(notes.iterdir()) == []  # a directory that is not a store is left as it was
+
+
+def test_wrong_task_and_bad_counts_are_refused_before_anything_runs(tmp_path):
+    out = tmp_path / "demo.zarr"
+    collect(task_cfg(), 1, out, progress=False)
+    with pytest.raises(ValueError, match=r"holds task='push_around', this run has 'push_t'; choose another `out`"):
+        collect(task_cfg("push_t"), 1, out, progress=False)
+    with pytest.raises(ValueError, match="n_workers=0 must be an integer >= 1"):
+        collect(task_cfg(), 1, out, n_workers=0)
+    with pytest.raises(ValueError, match="max_attempts=0 must be an integer >= 1"):
+        collect(task_cfg(), 1, out, max_attempts=0)
+    assert ReplayBuffer.open(out, mode="a").n_episodes == 1  # the refused runs released the store's lock

@@ -271,3 +271,15 @@ def test_bad_sampler_settings_are_one_line_errors(ckpt, tmp_path):
     with pytest.raises(evaluation.EvalError, match="no valid .* num_steps=200 exceeds the model's num_train_steps=100"):
         eval_script.run(_cfg(*base, "sweep.num_steps=[200]"))
     assert not list(tmp_path.iterdir())
+
+
+def test_checkpoint_is_required_and_its_own_sampler_takes_a_step_count_directly(ckpt):
+    with pytest.raises(evaluation.EvalError, match=r"^checkpoint= is required, e.g. eval.py checkpoint=outputs/"):
+        eval_script.run(_cfg())
+    assert unknown_option([f"checkpoint={ckpt}", "sampler.num_steps=4"], "eval") is None
+    policy = ChunkPolicy.from_checkpoint(ckpt)
+    cells, skipped = eval_script.plan_cells(policy, _cfg(f"checkpoint={ckpt}", "sampler.num_steps=4"))
+    assert cells == [(policy.sampler, 4)] and skipped == []  # the checkpoint's DDIM, 4 steps instead of its 2
+    cells, _ = eval_script.plan_cells(policy, _cfg(f"checkpoint={ckpt}", "sampler=ddim", "sampler.num_steps=3"))
+    assert cells[0][0] is not policy.sampler and cells[0][0].resolve_steps(policy.objective, cells[0][1]) == 3
+    assert eval_script.plan_cells(policy, _cfg(f"checkpoint={ckpt}"))[0] == [(policy.sampler, None)]

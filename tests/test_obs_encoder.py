@@ -1,10 +1,16 @@
 """Tests for policy/obs_encoder.py: image trunks, crops, camera sharing and low-dim concatenation."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from policy.obs_encoder import ObsEncoder, crop_images
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LOW_DIM = {"agent_pos": {"shape": [2], "type": "low_dim"}, "state": {"shape": [3], "type": "low_dim"}}
 
@@ -114,3 +120,10 @@ def test_bad_shape_meta_raises_value_error():
         ObsEncoder({"image": {"shape": [3, 20, 20], "type": "rgb"}}, backbone="small", crop_shape=None)
     with pytest.raises(ValueError, match="backbone"):
         ObsEncoder(_cams("image"), backbone="vit", crop_shape=None)
+
+
+def test_import_prints_no_robomimic_banner():
+    done = subprocess.run(
+        [sys.executable, "-c", "import policy.obs_encoder"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout == "" and "macro" not in done.stderr, done.stderr[-1500:]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import pytest
 import zarr
 import zarr.storage
 
-from data.replay_buffer import ReplayBuffer, ReplayBufferError
+from data.replay_buffer import ReplayBuffer, ReplayBufferError, StoreLockedError
 
 
 def _episode(t: int, seed: int) -> dict[str, np.ndarray]:
@@ -64,7 +68,7 @@ def test_compressor_configurable(tmp_path: Path) -> None:
     buf = ReplayBuffer.create(tmp_path / "lz4.zarr", compressor="lz4", clevel=1, chunk_bytes=64)
     buf.add_episode(_episode(10, 0))
     meta = json.loads((tmp_path / "lz4.zarr" / "data" / "action" / "zarr.json").read_text())
-    assert meta["codecs"][-1]["configuration"]["cname"] == "lz4"
+    assert meta["codecs"][-2]["configuration"]["cname"] == "lz4" and meta["codecs"][-1] == {"name": "crc32c"}
     assert meta["chunk_grid"]["configuration"]["chunk_shape"][0] == 8  # 64 bytes / 8 bytes per step
     with pytest.raises(ReplayBufferError, match="compressor"):
         ReplayBuffer.create(tmp_path / "bad.zarr", compressor="gzip9")
@@ -262,6 +266,7 @@ def test_exception_midway_rolls_back(store: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(KeyboardInterrupt):
         buf.add_episode(_episode(4, 9), {"mode": 1, "seed": 1})
     monkeypatch.setattr(buf._meta["episode_ends"], "resize", real)
+    buf.close()
     again = ReplayBuffer.open(store)
     assert again.n_episodes == 3 and again["image"].shape[0] == 15
     assert ReplayBuffer.open(store, mode="a").n_steps == 15
@@ -301,3 +306,190 @@ def test_unknown_key_errors(store: Path) -> None:
         buf.episode_meta("nope")
     with pytest.raises(IndexError):
         buf.get_episode(3)
+
+
+# ---------------------------------------------------------------- concurrency
+ROOT = Path(__file__).resolve().parents[1]
+CREATE_MANY = """
+import sys, time
+import numpy as np
+from data.replay_buffer import ReplayBuffer, StoreExistsError
+base, start, tag = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+while time.time() < start:
+    pass
+won = []
+for i in range(int(sys.argv[4])):
+    try:
+        buf = ReplayBuffer.create(f"{base}/s{i}.zarr")
+    except StoreExistsError:
+        continue
+    buf.add_episode({"action": np.full((3, 2), tag, np.float32)}, {"tag": tag})
+    buf.close()
+    won.append(i)
+print(" ".join(map(str, won)))
+"""
+APPEND_MANY = """
+import sys
+import numpy as np
+from data.replay_buffer import ReplayBuffer
+buf = ReplayBuffer.create(sys.argv[1], chunk_bytes=256)
+print("created", flush=True)
+for i in range(int(sys.argv[2])):
+    rng = np.random.default_rng(i)
+    t = 2 + i % 5
+    buf.add_episode({"image": rng.integers(0, 256, (t, 4, 4, 3), dtype=np.uint8),
+                     "action": rng.normal(size=(t, 2)).astype(np.float32)}, {"seed": i})
+buf.close()
+"""
+
+
+def _child(code: str, *args: object) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_concurrent_creators_never_delete_each_others_store(tmp_path: Path) -> None:
+    n = 25
+    start = time.time() + 1.5  # both children start creating at the same moment
+    children = [_child(CREATE_MANY, tmp_path, start, tag, n) for tag in (1, 2)]
+    outs = [child.communicate(timeout=120) for child in children]
+    assert all(c.returncode == 0 for c in children), [err[-1500:] for _, err in outs]
+    won = [{int(i) for i in out.split()} for out, _ in outs]
+    assert won[0] | won[1] == set(range(n)) and not won[0] & won[1]  # each path created exactly once
+    for tag, indices in zip((1, 2), won):
+        for i in indices:
+            buf = ReplayBuffer.open(tmp_path / f"s{i}.zarr")
+            assert buf.n_episodes == 1 and buf.episode_meta("tag").tolist() == [tag]  # the winner's store survived
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"s{i}.zarr" for i in range(n))  # no temp dirs
+
+
+def test_reader_polling_during_an_append_never_reports_a_healthy_store_as_corrupt(tmp_path: Path) -> None:
+    path, n = tmp_path / "s.zarr", 120
+    writer = _child(APPEND_MANY, path, n)
+    assert writer.stdout.readline().strip() == "created"
+    opens, errors, deadline = 0, [], time.monotonic() + 120
+    while writer.poll() is None and time.monotonic() < deadline:
+        try:
+            buf = ReplayBuffer.open(path)
+        except ReplayBufferError as exc:
+            errors.append(str(exc))
+            continue
+        opens += 1
+        if buf.n_episodes:  # the newest committed episode is complete and matches its seed
+            i = buf.n_episodes - 1
+            rng = np.random.default_rng(i)
+            t = 2 + i % 5
+            np.testing.assert_array_equal(buf.get_episode(i)["image"], rng.integers(0, 256, (t, 4, 4, 3), np.uint8))
+            assert buf.episode_meta("seed")[i] == i
+    assert writer.wait(timeout=60) == 0, writer.stderr.read()[-1500:]
+    assert opens > 10 and errors == []
+    assert ReplayBuffer.open(path).n_episodes == n
+
+
+def test_a_second_writer_fails_naming_the_holder_or_waits_for_it(store: Path) -> None:
+    writer = ReplayBuffer.open(store, mode="a")
+    with pytest.raises(StoreLockedError, match=rf"is being written by PID {os.getpid()} \(this process"):
+        ReplayBuffer.open(store, mode="a")
+    with pytest.raises(StoreLockedError, match="after waiting 0.2 s"):
+        ReplayBuffer.open(store, mode="a", lock_timeout=0.2)
+    with pytest.raises(StoreLockedError, match="being written"):
+        ReplayBuffer.open(store, wait_for_writer=0.2)  # a reader may wait for the writer to finish
+    assert ReplayBuffer.open(store).n_episodes == 3  # readers do not wait by default
+    writer.add_episode(_episode(2, 9), {"mode": 0, "seed": 9})
+    writer.close()
+    with pytest.raises(ReplayBufferError, match="read-only"):
+        writer.add_episode(_episode(2, 9), {"mode": 0, "seed": 9})
+    again = ReplayBuffer.open(store, mode="a")  # the lock went with close()
+    assert again.n_episodes == 4
+
+
+# ---------------------------------------------------------------- damage
+def _chunk(path: Path, name: str) -> Path:
+    """The first chunk file of array ``name`` (data/<key> or meta/<key>)."""
+    return sorted(p for p in (path / name / "c").rglob("*") if p.is_file())[0]
+
+
+def _flip(f: Path) -> None:
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    f.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "deleted": lambda f: f.unlink(),
+    "truncated": lambda f: f.write_bytes(f.read_bytes()[:-7]),
+    "garbage": lambda f: f.write_bytes(np.random.default_rng(0).bytes(f.stat().st_size)),
+    "flipped": _flip,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+@pytest.mark.parametrize("name", ["data/image", "data/agent_pos", "data/action", "meta/episode_ends", "meta/seed"])
+def test_a_damaged_chunk_in_any_array_is_named_never_read_as_data(
+    store: Path, tmp_path: Path, name: str, damage: str
+) -> None:
+    from data.verify import main as verify
+
+    assert verify([str(store)]) == 0
+    DAMAGE[damage](_chunk(store, name))
+    with pytest.raises(ReplayBufferError) as caught:
+        ReplayBuffer.open(store, in_memory=True)  # what train.py does
+    message = str(caught.value)
+    assert message.startswith(f"{store}: {name} chunk c/0") and "\n" not in message
+    assert ("is missing" if damage == "deleted" else "is damaged") in message
+    assert f"python -m data.verify {store}" in message
+    assert verify([str(store)]) == 1
+
+
+def test_garbage_and_missing_metadata_name_store_and_key(store: Path) -> None:
+    (store / "data" / "action" / "zarr.json").write_text("{not json")
+    with pytest.raises(ReplayBufferError, match=r"data/action has unreadable array metadata \(JSONDecodeError"):
+        ReplayBuffer.open(store)
+    (store / "data" / "action" / "zarr.json").unlink()  # the key must not silently vanish
+    with pytest.raises(ReplayBufferError, match=r"data/action has no array metadata \(zarr.json or .zarray is missing"):
+        ReplayBuffer.open(store)
+    (store / "zarr.json").write_bytes(b"\x00\xff")
+    with pytest.raises(ReplayBufferError, match=rf"{store}: zarr.json is not valid JSON"):
+        ReplayBuffer.open(store)
+
+
+def test_stores_without_checksums_still_open_and_verify(tmp_path: Path, capsys) -> None:
+    from data.verify import main as verify
+
+    path = tmp_path / "dp.zarr"
+    _dp_v2_group(zarr.open_group(str(path), mode="w", zarr_format=2))
+    assert verify([str(path)]) == 0
+    assert "no checksums in data/action, data/img, meta/episode_ends" in capsys.readouterr().out
+    (path / "data" / "img" / "1.0.0.0").write_bytes(b"garbage!")  # a decoding failure still shows
+    with pytest.raises(ReplayBufferError, match=r"data/img chunk 1.0.0.0 is damaged"):
+        ReplayBuffer.open(path)["img"]
+
+
+def test_meta_values_are_cast_losslessly(store: Path) -> None:
+    buf = ReplayBuffer.open(store, mode="a")
+    for bad in (1.7, "seven"):
+        with pytest.raises(ReplayBufferError, match="meta 'seed' dtype .* cannot be cast safely to the store's dtype"):
+            buf.add_episode(_episode(2, 0), {"mode": 0, "seed": bad})
+    with pytest.raises(ReplayBufferError, match="meta 'mode' dtype object cannot be cast"):
+        buf.add_episode(_episode(2, 0), {"mode": 2**70, "seed": 1})
+    buf.add_episode(_episode(2, 0), {"mode": True, "seed": np.int16(5)})  # bool and narrower ints are lossless
+    assert buf.episode_meta("seed").tolist() == [100, 101, 102, 5] and buf.n_episodes == 4
+
+
+def test_overwrite_replaces_only_stores(store: Path, tmp_path: Path) -> None:
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(ReplayBufferError, match="exists and is not a zarr store; refusing to replace it"):
+        ReplayBuffer.create(other, overwrite=True)
+    assert (other / "keep.txt").read_text() == "mine"
+    writer = ReplayBuffer.open(store, mode="a")
+    with pytest.raises(StoreLockedError):  # never replaced under a running writer
+        ReplayBuffer.create(store, overwrite=True)
+    writer.close()
+    assert ReplayBuffer.create(store, overwrite=True).n_episodes == 0

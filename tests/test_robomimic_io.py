@@ -65,8 +65,29 @@ def test_import_bad_input_leaves_nothing(hdf5: Path, tmp_path: Path) -> None:
     not_h5.write_text("nope")
     with pytest.raises(RobomimicFormatError, match="not an hdf5"):
         import_hdf5(not_h5, tmp_path / "y.zarr")
+    (tmp_path / "z.zarr").mkdir()
     with pytest.raises(FileExistsError, match="overwrite"):
-        import_hdf5(hdf5, hdf5)
+        import_hdf5(hdf5, tmp_path / "z.zarr")
+
+
+def test_overwrite_never_deletes_the_input_or_what_is_not_a_store(hdf5: Path, tmp_path: Path, capsys) -> None:
+    before = hdf5.read_bytes()
+    assert main(["import", str(hdf5), str(hdf5), "--overwrite"]) == 2
+    assert f"{hdf5} is the input; choose another output path" in capsys.readouterr().err
+    assert hdf5.read_bytes() == before
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("mine")
+    assert main(["import", str(hdf5), str(notes), "--overwrite"]) == 2
+    assert "exists and is not a zarr store; refusing to replace it" in capsys.readouterr().err
+    assert (notes / "keep.txt").read_text() == "mine"
+    store = tmp_path / "s.zarr"
+    import_hdf5(hdf5, store)
+    import_hdf5(hdf5, store, filter_key="train", overwrite=True)  # a store is replaced
+    assert ReplayBuffer.open(store).n_episodes == 2
+    assert main(["export", str(store), str(store), "--overwrite"]) == 2
+    assert main(["export", str(store), str(notes / "keep.txt"), "--overwrite"]) == 2
+    assert "exists and is not an hdf5 file" in capsys.readouterr().err and ReplayBuffer.open(store).n_episodes == 2
 
 
 def test_export_is_read_by_robomimic_sequence_dataset(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -194,6 +195,7 @@ def test_nan_in_stored_actions_is_refused_before_training(tmp_path, store):
     actions[5] = np.nan
     with pytest.raises(ValueError, match=r"NaN/inf in 'action' at step 5"):
         train(_compose([*tiny_overrides(tmp_path, bad)]), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # a run that fails before its first step leaves no directory
 
 
 def test_cli_names_an_unknown_key_with_the_valid_ones():
@@ -208,3 +210,72 @@ def test_cli_names_an_unknown_key_with_the_valid_ones():
             "train.py: error: unknown option 'training.max_stepz'; valid options under training: max_steps, batch_size"
         )
     )
+
+
+def test_a_second_training_into_a_run_dir_in_use_fails_in_one_line(tmp_path, store):
+    run_dir = tmp_path / "run"
+    args = [*tiny_overrides(tmp_path, store), "obs=state", "training.max_steps=100000"]
+    first = _run([*args, f"hydra.run.dir={run_dir}"])
+    log = run_dir / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and log.read_text().count("\n") >= 2):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-2000:]
+        time.sleep(0.05)
+    try:
+        with pytest.raises(ValueError) as caught:  # train.py prints it as one line: "train.py: error: <message>"
+            train(_compose([*args, "training.max_steps=8"]), run_dir, progress=False)
+    finally:
+        first.send_signal(signal.SIGINT)
+        out, _ = first.communicate(timeout=120)
+    assert str(caught.value) == (
+        f"run dir {run_dir} is in use by PID {first.pid} (another training holds {run_dir / '.lock'}); "
+        "wait for it to finish or pass another hydra.run.dir"
+    )
+    assert first.returncode == 128 + signal.SIGINT, out[-2000:]
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == sorted(set(steps))  # one writer: every step logged once
+    assert load_checkpoint(run_dir / "checkpoints" / "latest.ckpt")["step"] == steps[-1]
+
+
+def test_resume_refuses_another_objective_or_architecture_and_allows_a_longer_run(tmp_path, store):
+    base = [*tiny_overrides(tmp_path, store), "obs=state", "training.max_steps=3"]
+    run_dir = tmp_path / "run"
+    train(_compose(base), run_dir, progress=False)
+    latest = run_dir / "checkpoints" / "latest.ckpt"
+    before = latest.read_bytes()
+    with pytest.raises(
+        ValueError,
+        match=r"holds a run trained with another config \(.*objective\._target_: "
+        r"'policy.objectives.FlowMatching' -> 'policy.objectives.DDPM'",
+    ):
+        train(_compose([*base, "objective=ddpm"]), run_dir, progress=False)
+    with pytest.raises(
+        ValueError,
+        match=r"policy.denoiser.down_dims: \[16, 32\] -> \[8, 16\]\); resuming may change "
+        r"only training.max_steps",
+    ):
+        train(_compose([*base, "policy.denoiser.down_dims=[8,16]"]), run_dir, progress=False)
+    assert latest.read_bytes() == before and "FlowMatching" in (run_dir / "config.yaml").read_text()
+    stale = run_dir / "checkpoints" / ".latest.tmp-4242-0123abcd.ckpt"
+    stale.write_bytes(b"left by a killed writer")
+    summary = train(_compose([*base, "training.max_steps=5", "training.log_every=2"]), run_dir, progress=False)
+    assert summary["step"] == 5 and load_checkpoint(latest)["step"] == 5 and not stale.exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.checkpoint_every=0", "training.checkpoint_every=0 must be an integer >= 1"),
+        ("training.val_every=0", "training.val_every=0 must be an integer >= 1"),
+        ("training.log_every=0", "training.log_every=0 must be an integer >= 1"),
+        ("device=gpu", "device='gpu' is not a torch device; use auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_settings_fail_before_the_store_is_opened_and_leave_no_run_dir(tmp_path, override, message):
+    missing = tmp_path / "never_collected.zarr"
+    run_dir = tmp_path / "2024-01-01" / "12-00-00_tiny"  # hydra's <output_root>/<date>/<time>_<name>
+    (run_dir / ".hydra").mkdir(parents=True)  # what hydra writes before train.py's code runs
+    (run_dir / "train.log").write_text("")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(_compose([*tiny_overrides(tmp_path, missing), override]), run_dir, progress=False)
+    assert not missing.exists() and not run_dir.parent.exists() and tmp_path.exists()
