@@ -234,7 +234,7 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
 
 def recipe_summary(cfg: DictConfig) -> str:
     """One cell describing a model: UNet widths, horizon, batch, steps, lr, precision."""
-    amp = autocast_enabled(cfg.amp, resolve_device(cfg.device))
+    amp = autocast_enabled(cfg.amp, resolve_device(cfg.device), images=cfg.obs == "image")
     return (
         f"UNet {list(cfg.policy.denoiser.down_dims)}, H {cfg.policy.horizon}/{cfg.policy.n_action_steps}, "
         f"{cfg.training.max_steps} x b{cfg.training.batch_size}, lr {cfg.training.lr:g}, {'bf16' if amp else 'fp32'}"

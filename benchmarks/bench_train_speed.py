@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "threads": threads,
                     "overrides": overrides,
                     "batch_size": batch,
-                    "bf16_autocast": autocast_enabled(cfg.amp, resolve_device(cfg.device)),
+                    "bf16_autocast": autocast_enabled(cfg.amp, resolve_device(cfg.device), images=cfg.obs == "image"),
                     "down_dims": list(cfg.policy.denoiser.down_dims),
                     "n_obs_steps": int(cfg.policy.n_obs_steps),
                     "horizon": int(cfg.policy.horizon),

@@ -176,9 +176,9 @@ def _train_session(
             )
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    use_amp = autocast_enabled(cfg.amp, device)
 
     policy = ChunkPolicy.from_config(cfg.policy, cfg.objective, cfg.sampler, shape_meta)
+    use_amp = autocast_enabled(cfg.amp, device, images="rgb" in policy.obs_types.values())
     policy.set_normalizer(train_set.get_normalizer(policy.normalizer_modes()))
     policy.to(device)
     ema = EMA(policy, power=cfg.ema.power, max_value=cfg.ema.max_value) if cfg.ema.enabled else None
