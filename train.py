@@ -1,5 +1,7 @@
 """Train a ChunkPolicy: python train.py task=push_around policy=unet objective=flow
 
+Distill a trained DDPM or flow checkpoint into a consistency model: python train.py objective=consistency teacher=PATH
+
 The hydra entry point over ``policy.training``: opens the task's store (collecting it with the expert if
 missing), hands the training loop the task's env for periodic rollouts, and prints the run's summary. A run
 directory ``outputs/<date>/<time>_<name>/`` is created per run; rerunning with the same directory
@@ -21,11 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from configs import unknown_option
 from data.task_store import open_training_data
 from envs.task_env import TaskEnv
+from policy.distillation import distillation_config
 from policy.training import train
 
 
 def run(cfg: DictConfig, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Open the task's training data and env, train in ``run_dir``; returns the training summary."""
+    distillation_config(cfg)  # a teacher that cannot be distilled is refused before any data is collected or read
     data = open_training_data(cfg, progress)
     task = TaskEnv.from_config(OmegaConf.to_container(cfg.task, resolve=True)) if cfg.rollout.every > 0 else None
     return train(cfg, run_dir, data, rollout_task=task, progress=progress)

@@ -129,10 +129,10 @@ def model_config(
     teacher: Path | None = None,
 ) -> DictConfig:
     """train.py's config of one model; a consistency model distills ``teacher`` (its policy and noise process)."""
-    overrides = train_overrides(task, objective, seed, steps, obs, curve)
-    if teacher is None:
-        return compose_train_config([*overrides, *extra_overrides])
-    cfg, _ = distillation_config(compose_train_config([*overrides, *extra_overrides, f"teacher={teacher}"]))
+    overrides = [*train_overrides(task, objective, seed, steps, obs, curve), *extra_overrides]
+    cfg, _ = distillation_config(
+        compose_train_config(overrides if teacher is None else [*overrides, f"teacher={teacher}"])
+    )
     return cfg
 
 

@@ -36,13 +36,16 @@ def needs_teacher(cfg: DictConfig) -> bool:
     return bool(getattr(get_class(cfg.objective._target_), "needs_teacher", False))
 
 
-def distillation_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
-    """cfg with the teacher's policy config and noise process filled in, and the teacher's loaded checkpoint.
+def distillation_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any] | None]:
+    """For distillation, cfg with the teacher's policy config and noise process, and the teacher's checkpoint.
 
-    ValueError (one line) if the objective and ``teacher`` do not go together or the teacher cannot be distilled.
+    Objectives trained from scratch get (cfg, None). ValueError (one line) if the objective and ``teacher`` do not
+    go together or the teacher cannot be distilled. Applying it to its own result gives the same config.
     """
     path = cfg.get("teacher")
     if not needs_teacher(cfg):
+        if path is None:
+            return cfg, None
         raise ValueError(
             f"teacher={path} is only read by objective=consistency (distillation); this config trains "
             f"{cfg.objective._target_.rsplit('.', 1)[-1]} from scratch, so drop teacher="

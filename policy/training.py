@@ -34,7 +34,7 @@ from policy.checkpoint import (
     set_rng_state,
 )
 from policy.chunk_policy import ChunkPolicy
-from policy.distillation import ConsistencyDistiller, distillation_config, load_teacher, needs_teacher
+from policy.distillation import ConsistencyDistiller, distillation_config, load_teacher
 from policy.ema import EMA
 from policy.evaluation import EnvTask, evaluate
 from policy.optim import autocast, autocast_enabled, make_optimizer, make_scheduler, resolve_device
@@ -152,10 +152,9 @@ def train(
                 f"{latest} was trained on {resume['build']['shape_meta']}, this config has "
                 f"{shape_meta}; use a new run dir"
             )
-    teacher = None
-    if needs_teacher(cfg) or cfg.get("teacher") is not None:
-        cfg, teacher_ckpt = distillation_config(cfg)
-        teacher = load_teacher(cfg.teacher, teacher_ckpt, shape_meta)
+    cfg, teacher_ckpt = distillation_config(cfg)
+    teacher = None if teacher_ckpt is None else load_teacher(cfg.teacher, teacher_ckpt, shape_meta)
+    if teacher is not None:
         print(f"distilling {cfg.teacher}: the student starts from its policy config, weights and normalizer")
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
