@@ -7,15 +7,18 @@ alpha = sqrt(abar_t), sigma = sqrt(1 - abar_t) for DDPM (timesteps 0..T-1) and a
 (alpha 1, sigma 0), n = N the teacher's noisiest level (DDPM timestep T-1, flow t = 1). The DDPM grid takes N of the
 T timesteps, round(n T / N) - 1 for n = 1..N (every timestep when N = T); the flow grid is t_n = n / N.
 
-Consistency function, with the boundary condition f(x, 0) = x built into the parametrization (EDM's preconditioning
-written for x = alpha x_0 + sigma noise, with sigma_data the std of the normalized actions):
-    f(x, n) = c_skip(n) x + c_out(n) F(x, t_model(n)),
+Consistency function, with the boundary condition f(x, 0) = x built into the parametrization:
+    f(x, n) = c_skip(n) x + c_out(n) F(x, t_model(n)),   c_skip(0) = 1, c_out(0) = 0,
+whatever the network F outputs. F sees the same x and t_model as the teacher's network, so the student starts from
+the teacher's weights (the standard choice of consistency distillation and Consistency Policy; policy.distillation
+does it). For flow and DDPM v-prediction teachers (c_skip, c_out) are the coefficients of the teacher's own x_0
+estimate (flow: 1, -sigma; v: alpha, -sigma): bounded, and the student starts as the teacher's one-step x_0 estimate
+E[x_0 | x], which distillation then moves to the ODE's end. For epsilon teachers that estimate divides by alpha (-> 0
+at the noise end) and for sample-prediction ones F(x, 0) != x, so those use EDM's preconditioning written for
+x = alpha x_0 + sigma noise, with sigma_data the std of the normalized actions:
     c_skip = alpha sigma_data^2 / (sigma^2 + alpha^2 sigma_data^2),
-    c_out = sigma sigma_data / sqrt(sigma^2 + alpha^2 sigma_data^2).
-c_skip = 1 and c_out = 0 at the data end whatever the network F outputs, and both stay bounded at the noise end
-(alpha -> 0), where an x_0 estimate from an epsilon prediction would divide by alpha. F sees the same x and t_model
-as the teacher's network, so the student starts from the teacher's weights (the standard choice of consistency
-distillation and Consistency Policy; policy.distillation does it).
+    c_out = sigma sigma_data / sqrt(sigma^2 + alpha^2 sigma_data^2),
+and the student's output head relearns what it predicts.
 
 Training pairs: n ~ U{0..N-1}, x_{n+1} = alpha_{n+1} x_0 + sigma_{n+1} noise, and the teacher's deterministic solver
 step from n+1 to n: x_n = alpha_n x0_hat + sigma_n eps_hat from the teacher's estimates at x_{n+1}. That is DDIM
@@ -40,8 +43,6 @@ from torch import Tensor
 from policy.objectives import DDPM, FlowMatching, _check_x0, _per_sample
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
-
-GRID_COLUMNS = ("alpha", "sigma", "t_model", "c_skip", "c_out")  # the columns of ConsistencyDistillation.grid
 
 
 def _grid(teacher: DDPM | FlowMatching, num_intervals: int, sigma_data: float) -> Tensor:
@@ -73,9 +74,9 @@ class ConsistencyDistillation:
 
     teacher_objective: DDPM | FlowMatching | None = None  # the teacher's noise process; None: FlowMatching()
     num_intervals: int = 20  # N: ODE intervals between data and the noisiest level (<= num_train_steps for DDPM)
-    sigma_data: float = 0.5  # std of the normalized actions in c_skip / c_out
+    sigma_data: float = 0.5  # std of the normalized actions in EDM's c_skip / c_out (epsilon and sample teachers)
     target_decay: float = 0.95  # EMA decay of the target network (0: the student itself, without gradient)
-    grid: Tensor = field(init=False, repr=False, compare=False)  # (N + 1, 5) float64, columns GRID_COLUMNS
+    grid: Tensor = field(init=False, repr=False, compare=False)  # (N + 1, 5) alpha, sigma, t_model, c_skip, c_out
     _device_grids: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -37,9 +37,8 @@ from torch import Tensor
 
 from policy.objectives import _check_x0, _per_sample
 
-Denoiser = Callable[
-    [Tensor, Tensor, Tensor], Tensor
-]  # bound: (x (B, T, D), t_model (B,), step_model (B,)) -> (B, T, D)
+# a bound denoiser: (x (B, T, D), t_model (B,), step_model (B,)) -> (B, T, D)
+Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -50,9 +49,7 @@ class ShortcutFlow:
     trained_as: ClassVar[str] = "a shortcut model"
     step_conditioned: ClassVar[bool] = True  # the denoiser takes the step size (policy.factory)
 
-    max_steps: int = (
-        128  # finest trained step 1/max_steps (a power of two); sampling takes 1, 2, 4, ... max_steps steps
-    )
+    max_steps: int = 128  # finest trained step 1/max_steps (a power of two); sampling: 1, 2, 4, ... max_steps steps
     consistency_fraction: float = 0.25  # fraction of each batch trained on self-consistency targets (the rest: flow)
     time_scale: float = 100.0  # the denoiser sees t * time_scale and d * time_scale
 
