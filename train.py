@@ -1,5 +1,7 @@
 """Train a ChunkPolicy: python train.py task=push_around policy=unet objective=flow
 
+Distill a trained DDPM or flow checkpoint into a consistency model: python train.py objective=consistency teacher=PATH
+
 The hydra entry point over ``policy.training``: opens the task's store (collecting it with the expert if
 missing), hands the training loop the task's env for periodic rollouts, and prints the run's summary. A run
 directory ``outputs/<date>/<time>_<name>/`` is created per run; rerunning with the same directory
@@ -23,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from configs import unknown_option
 from data.task_store import open_training_data
 from envs.task_env import TaskEnv
+from policy.distillation import distillation_config
 from policy.run_dir import RunDir
 from policy.training import check_config, train
 
@@ -31,6 +34,7 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = True) -> dict[str, Any]
     """Check the settings, lock ``run_dir``, open the task's data and env and train; returns the training summary."""
     with RunDir.open(cfg, run_dir) as held:
         check_config(cfg)
+        distillation_config(cfg)  # a teacher that cannot be distilled is refused before any data is collected or read
         data = open_training_data(cfg, progress)
         task = TaskEnv.from_config(OmegaConf.to_container(cfg.task, resolve=True)) if cfg.rollout.every > 0 else None
         return train(cfg, held, data, rollout_task=task, progress=progress)

@@ -113,7 +113,7 @@ def plot_learning_curves(
     rows = -(-len(panels) // cols)
     fig = Figure(figsize=(3.2 * cols, 2.6 * rows))  # no pyplot: no GUI backend, no global figure registry
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    colors = {"ddpm": "tab:blue", "flow": "tab:orange"}
+    colors = {"ddpm": "tab:blue", "flow": "tab:orange", "shortcut": "tab:green", "consistency": "tab:red"}
     for ax, (title, lines) in zip(axes, panels.items()):
         for label, curve in lines:
             minutes = [e["train_time_s"] / 60 for e in curve]

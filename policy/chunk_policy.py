@@ -43,18 +43,20 @@ DENOISER_DTYPES = {"bfloat16": torch.bfloat16}
 class Denoiser(Protocol):
     """What ChunkPolicy needs from a denoiser (ConditionalUnet1D, DiffusionTransformer)."""
 
-    def bind(self, cond: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-        """Precompute observation-only work for cond (B, To, Dc); returns (x (B, T, Da), t (B,)) -> (B, T, Da)."""
+    def bind(self, cond: Tensor) -> Callable[..., Tensor]:
+        """Precompute observation-only work for cond (B, To, Dc); returns (x (B, T, Da), t (B,)) -> (B, T, Da).
+
+        Step-conditioned denoisers (objectives with ``step_conditioned``, e.g. shortcut) take a step size (B,) third;
+        the callable also takes the first B' <= B rows of the bound batch (targets computed on part of a batch).
+        """
         ...
 
 
-def _with_io_dtype(
-    denoise: Callable[[Tensor, Tensor], Tensor], dtype: torch.dtype
-) -> Callable[[Tensor, Tensor], Tensor]:
-    """Wrap a bound denoiser so it sees x in ``dtype`` and returns the caller's dtype (t is left as given)."""
+def _with_io_dtype(denoise: Callable[..., Tensor], dtype: torch.dtype) -> Callable[..., Tensor]:
+    """Wrap a bound denoiser so it sees x in ``dtype`` and returns the caller's dtype (t and step are left as given)."""
 
-    def wrapped(x: Tensor, t: Tensor) -> Tensor:
-        return denoise(x.to(dtype), t).to(x.dtype)
+    def wrapped(x: Tensor, *scalars: Tensor) -> Tensor:
+        return denoise(x.to(dtype), *scalars).to(x.dtype)
 
     return wrapped
 
@@ -161,15 +163,18 @@ class ChunkPolicy(nn.Module):
             raise ValueError("ChunkPolicy has no fitted normalizer; call policy.set_normalizer(Normalizer.fit(...))")
         return self.encoder(self.normalizer.normalize({k: obs[k] for k in self.obs_shapes}))
 
-    def compute_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Scalar training loss for a batch {obs keys: (B, To, ...), "action": (B, horizon, Da)}."""
+    def loss_inputs(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """A training batch's conditioning (B, To, Dc) and normalized action chunk (B, horizon, Da), validated."""
         action = batch.get("action")
         expected = (self.horizon, self.action_dim)
         if action is None or action.ndim != 3 or tuple(action.shape[1:]) != expected:
             got = None if action is None else tuple(action.shape)
             raise ValueError(f"batch['action'] must have shape (B, {expected[0]}, {expected[1]}); got {got}")
-        cond = self.encode(batch)  # (B, To, Dc)
-        action_norm = self.normalizer.normalize_key("action", action)  # (B, horizon, Da)
+        return self.encode(batch), self.normalizer.normalize_key("action", action)
+
+    def compute_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Scalar training loss for a batch {obs keys: (B, To, ...), "action": (B, horizon, Da)}."""
+        cond, action_norm = self.loss_inputs(batch)
         return self.objective.loss(self.denoiser.bind(cond), action_norm)
 
     def predict_action(

@@ -8,13 +8,16 @@ locks the directory for the session and refuses a config that changes what the r
 checked (``check_config``) before anything is loaded. SIGINT/SIGTERM finish the current step, write
 ``latest.ckpt`` and return. Periodic rollouts go through
 ``policy.evaluation`` on the ``EnvTask`` the caller passes, so this module never imports ``envs/``.
+A distilled objective (``objective=consistency teacher=<checkpoint>``, policy.distillation) trains in the same loop:
+the student starts as the teacher, its loss comes from a ``ConsistencyDistiller`` whose EMA target follows every
+optimizer step and is saved in the checkpoint (``distiller``).
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from data.atomic import write_text_atomic
 from data.dataset import SequenceDataset, TrainingData, make_train_loader
 from policy.checkpoint import CheckpointError, config_to_yaml, rng_state, save_checkpoint, set_rng_state
 from policy.chunk_policy import ChunkPolicy
+from policy.distillation import ConsistencyDistiller, distillation_config, load_teacher
 from policy.ema import EMA
 from policy.evaluation import EnvTask, evaluate
 from policy.optim import autocast, autocast_enabled, make_optimizer, make_scheduler, resolve_device
@@ -70,9 +74,13 @@ def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[s
 
 
 def validation_loss(
-    policy: ChunkPolicy, dataset: SequenceDataset, cfg: DictConfig, device: torch.device
+    policy: ChunkPolicy,
+    dataset: SequenceDataset,
+    cfg: DictConfig,
+    device: torch.device,
+    loss_fn: Callable[[ChunkPolicy, Mapping[str, torch.Tensor]], torch.Tensor] = ChunkPolicy.compute_loss,
 ) -> float | None:
-    """Mean loss over fixed validation batches, with fixed noise; the training RNG stream is untouched."""
+    """Mean ``loss_fn(policy, batch)`` over fixed validation batches with fixed noise; the training RNG is untouched."""
     if len(dataset) == 0:
         return None
     batch_size = min(cfg.training.batch_size, len(dataset))
@@ -85,7 +93,7 @@ def validation_loss(
         torch.manual_seed(cfg.seed)
         for b in range(n_batches):
             batch = to_device(dataset.__getitems__(order[b * batch_size : (b + 1) * batch_size].tolist()), device)
-            losses.append(float(policy.compute_loss(batch)))
+            losses.append(float(loss_fn(policy, batch)))
     policy.train(was_training)
     return sum(losses) / len(losses)
 
@@ -174,13 +182,22 @@ def _train_session(
                 f"{latest} was trained on {resume['build']['shape_meta']}, this config has "
                 f"{shape_meta}; use a new run dir"
             )
+    cfg, teacher_ckpt = distillation_config(cfg)
+    teacher = None if teacher_ckpt is None else load_teacher(cfg.teacher, teacher_ckpt, shape_meta)
+    if teacher is not None:
+        print(f"distilling {cfg.teacher}: the student starts from its policy config, weights and normalizer")
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
 
     policy = ChunkPolicy.from_config(cfg.policy, cfg.objective, cfg.sampler, shape_meta)
     use_amp = autocast_enabled(cfg.amp, device, images="rgb" in policy.obs_types.values())
-    policy.set_normalizer(train_set.get_normalizer(policy.normalizer_modes()))
+    if teacher is None:
+        policy.set_normalizer(train_set.get_normalizer(policy.normalizer_modes()))
+    else:
+        policy.load_state_dict(teacher.state_dict())
     policy.to(device)
+    distiller = None if teacher is None else ConsistencyDistiller(teacher, policy).to(device)
+    compute_loss = ChunkPolicy.compute_loss if distiller is None else distiller.loss
     ema = EMA(policy, power=cfg.ema.power, max_value=cfg.ema.max_value) if cfg.ema.enabled else None
     optimizer = make_optimizer(
         policy.parameters(), cfg.training.lr, cfg.training.betas, cfg.training.weight_decay, device
@@ -195,6 +212,8 @@ def _train_session(
             if ema is not None and resume.get("ema") is not None:
                 ema.module.load_state_dict(resume["ema"])
                 ema.n_averaged.fill_(resume["ema_n_averaged"])
+            if distiller is not None:
+                distiller.load_state_dict(resume["distiller"])
         except (RuntimeError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
@@ -223,6 +242,7 @@ def _train_session(
                 "model": policy.state_dict(),
                 "ema": ema.module.state_dict() if ema is not None else None,
                 "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0,
+                "distiller": distiller.state_dict() if distiller is not None else None,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
@@ -262,7 +282,7 @@ def _train_session(
         while step < cfg.training.max_steps and stop.signum is None:
             batch = to_device(next(batches), device)
             with autocast(device, use_amp):
-                loss = policy.compute_loss(batch)
+                loss = compute_loss(policy, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {loss.item()} at step {step}; lower training.lr or check the data"
@@ -272,6 +292,8 @@ def _train_session(
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.training.max_grad_norm)
             optimizer.step()
             scheduler.step()
+            if distiller is not None:
+                distiller.update_target(policy)
             if ema is not None:
                 ema.update_parameters(policy)
             step += 1
@@ -289,7 +311,7 @@ def _train_session(
                 bar.set_postfix(loss=f"{loss.item():.4f}", steps_s=f"{rate:.1f}")
             eval_start = time.perf_counter()
             if step % cfg.training.val_every == 0 or step == cfg.training.max_steps:
-                records["val_loss"] = validation_loss(eval_policy, val_set, cfg, device)
+                records["val_loss"] = validation_loss(eval_policy, val_set, cfg, device, compute_loss)
             rollout_due = cfg.rollout.every > 0 and (step % cfg.rollout.every == 0 or step == cfg.training.max_steps)
             if rollout_due:
                 records["train_time_s"] = train_time() - (time.perf_counter() - eval_start)
