@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from data.normalizer import Normalizer
 from policy.checkpoint import load_checkpoint
 from policy.factory import build_parts, load_weights, parts_from_checkpoint
+from policy.rtc import Guidance
 from policy.samplers import check_compatible
 
 # Reduced-precision copies the denoiser can run in at inference (weights are read once per step:
@@ -184,12 +185,17 @@ class ChunkPolicy(nn.Module):
         sampler: Any = None,
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
+        guidance: Guidance | None = None,
     ) -> dict[str, Tensor]:
-        """Sample chunks: {"action": (B, n_action_steps, Da), "action_pred": (B, horizon, Da)}, unnormalized."""
+        """Sample chunks: {"action": (B, n_action_steps, Da), "action_pred": (B, horizon, Da)}, unnormalized.
+
+        ``guidance`` (policy.rtc.Guidance) samples with real-time chunking's guidance towards a previous chunk.
+        """
         sampler = self.sampler if sampler is None else sampler
         check_compatible(sampler, self.objective)
         denoiser = self._inference_denoiser()
-        with torch.inference_mode():
+        # RTC's guidance backpropagates through the denoiser: no_grad (not inference tensors) around the sampling
+        with torch.inference_mode() if guidance is None else torch.no_grad():
             cond = self.encode(obs)  # (B, To, Dc)
             noise = torch.randn(
                 (cond.shape[0], self.horizon, self.action_dim),
@@ -204,8 +210,14 @@ class ChunkPolicy(nn.Module):
                 denoise = _with_io_dtype(denoiser.bind(cond.to(dtype)), dtype)
             if self.compile_denoiser:  # compiled graphs are cached per code object and guarded per module
                 denoise = torch.compile(denoise, dynamic=False)
+            if guidance is not None:
+                guidance.check(sampler.name, tuple(noise.shape))
+                target = self.normalizer.normalize_key("action", guidance.target.to(noise))  # (B, horizon, Da)
+                denoise = guidance.wrap(denoise, self.objective, target)
             sample = sampler.sample(denoise, self.objective, noise, num_steps=num_steps, generator=generator)
             action_pred = self.normalizer.unnormalize_key("action", sample)  # (B, horizon, Da)
+            if guidance is not None:
+                action_pred = guidance.freeze(action_pred)
         start = self.n_obs_steps - 1
         return {"action": action_pred[:, start : start + self.n_action_steps], "action_pred": action_pred}
 
