@@ -42,7 +42,19 @@ def differing_settings(cfg: DictConfig, ckpt: Mapping[str, Any], keys: Sequence[
     """The top-level config ``keys`` whose values in the checkpoint differ from ``cfg``'s."""
     stored = checkpoint_config(ckpt)
     wanted = yaml.safe_load(config_to_yaml(OmegaConf.to_container(cfg, resolve=True)))  # same round trip as stored
-    return [key for key in keys if stored.get(key) != wanted.get(key)]
+    return [key for key in keys if stored.get(key) != _without_new_neutral(wanted.get(key), stored.get(key))]
+
+
+def _without_new_neutral(wanted: Any, stored: Any) -> Any:
+    """``wanted`` without the options a newer config added at a neutral value (0, False, None) that ``stored``
+    lacks: such an option keeps the old behaviour, so a model trained before it existed still matches."""
+    if not isinstance(wanted, dict) or not isinstance(stored, dict):
+        return wanted
+    return {
+        k: _without_new_neutral(v, stored.get(k))
+        for k, v in wanted.items()
+        if k in stored or v not in (0, False, None)
+    }
 
 
 def existing_checkpoint(
