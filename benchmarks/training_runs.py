@@ -51,9 +51,7 @@ def _without_new_neutral(wanted: Any, stored: Any) -> Any:
     if not isinstance(wanted, dict) or not isinstance(stored, dict):
         return wanted
     return {
-        k: _without_new_neutral(v, stored.get(k))
-        for k, v in wanted.items()
-        if k in stored or v not in (0, False, None)
+        k: _without_new_neutral(v, stored.get(k)) for k, v in wanted.items() if k in stored or v not in (0, False, None)
     }
 
 
