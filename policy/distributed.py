@@ -73,7 +73,7 @@ class World:
 
     @property
     def prefix(self) -> str:
-        """ "rank r: " for messages of ranks other than 0, else ""."""
+        """The prefix of messages from ranks other than 0 ("rank 3: "), empty on rank 0."""
         return f"rank {self.rank}: " if self.rank else ""
 
     def device(self, device: torch.device) -> torch.device:
