@@ -441,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)  # the machine is shared; one core per study
     world = World.from_env()
-    device = world.device(resolve_device(compose_train_config(args.overrides).device))
+    device = world.device(resolve_device(compose_train_config([f"task={args.task}", *args.overrides]).device))
     with process_group(world, device, args.timeout_s):
         study(args, world)
 

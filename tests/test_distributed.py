@@ -183,6 +183,15 @@ def test_ranks_take_disjoint_parts_of_the_one_process_batches():
     assert [BatchShard.of(World(r, 2), 8) for r in range(2)] == [BatchShard(8, 0, 4), BatchShard(8, 4, 8)]
 
 
+def test_each_process_uses_the_gpu_of_its_local_rank():
+    world = World(rank=3, size=4, local_rank=1)
+    assert world.device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert world.device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device=cuda:0 names one GPU, but under torchrun each process uses"):
+        world.device(torch.device("cuda", 0))
+    assert World().device(torch.device("cuda", 0)) == torch.device("cuda", 0) and not World().distributed
+
+
 def test_shard_takes_its_rows_of_a_draw_for_the_global_batch():
     values = torch.arange(2 * 8 * 3)  # 2 blocks (cameras) x 8 rows x 3 values per row
 
