@@ -2,6 +2,7 @@
 
     python eval.py checkpoint=PATH sweep.samplers=[ddpm,ddim,dpmsolver] sweep.num_steps=[1,2,4,8,16,100]
     python eval.py checkpoint=PATH sampler.num_steps=4   # the checkpoint's own sampler with 4 steps
+    python eval.py checkpoint=PATH execution=rtc inference_delay=auto   # real-time chunking at the measured delay
 
 The hydra entry point over ``policy.evaluation``: the checkpoint alone is enough (its stored config names
 the task: env id, env kwargs, episode length, fps). Writes results.json, results.md and the videos into
@@ -29,6 +30,7 @@ from policy.checkpoint import CheckpointError, checkpoint_config, load_checkpoin
 from policy.chunk_policy import ChunkPolicy
 from policy.distributed import World, process_group
 from policy.evaluation import EvalError, cell_problem, evaluate, markdown_table, resolve_sampler
+from policy.execution import Execution
 from policy.optim import resolve_device
 from policy.samplers import Sampler
 
@@ -40,7 +42,19 @@ def default_out_dir(checkpoint: Path, label: str) -> Path:
     return run_dir / "eval" / f"{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}_{label}"
 
 
-def plan_cells(policy: ChunkPolicy, cfg: DictConfig) -> tuple[list[tuple[Sampler, int | None]], list[str]]:
+def build_execution(cfg: DictConfig) -> Execution:
+    """The Execution of configs/execution/<name>.yaml (cfg.execution) with cfg.inference_delay; EvalError if invalid."""
+    settings = OmegaConf.to_container(cfg.execution, resolve=True)
+    strategy = settings.pop("name")
+    try:
+        return Execution(strategy=strategy, delay=cfg.inference_delay, **settings)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from exc
+
+
+def plan_cells(
+    policy: ChunkPolicy, cfg: DictConfig, execution: Execution | None = None
+) -> tuple[list[tuple[Sampler, int | None]], list[str]]:
     """The (sampler, num_steps) cells to run and the notes on skipped invalid pairs."""
     chosen = "_target_" in cfg.sampler  # sampler=<name> picked a configs/sampler group; else only num_steps is set
     try:
@@ -55,7 +69,7 @@ def plan_cells(policy: ChunkPolicy, cfg: DictConfig) -> tuple[list[tuple[Sampler
     cells, skipped = [], []
     for sampler in samplers:
         for n in steps:
-            problem = cell_problem(policy, sampler, n)
+            problem = cell_problem(policy, sampler, n, execution)
             if problem is None:
                 cells.append((sampler, n))
             else:
@@ -82,10 +96,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} has no task section in its config; it was not written by train.py")
     task = TaskEnv.from_config(task_cfg)
     policy = ChunkPolicy.from_checkpoint(path, use_ema=cfg.use_ema, loaded=ckpt).to(device)
-    cells, skipped = plan_cells(policy, cfg)
+    execution = build_execution(cfg)
+    if cfg.temporal_ensemble_k is not None and execution.strategy != "sync":
+        raise EvalError(f"temporal_ensemble_k needs execution=sync (it replans every step); got {execution.strategy}")
+    cells, skipped = plan_cells(policy, cfg, execution)
     sweep = bool(cfg.sweep.samplers or cfg.sweep.num_steps)
     first_sampler, first_steps = cells[0]
     label = "sweep" if sweep else f"{first_sampler.name}-{first_sampler.resolve_steps(policy.objective, first_steps)}"
+    if execution.strategy != "sync":
+        label += f"_{execution.strategy}-d{execution.delay}"
     out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else default_out_dir(path, label)
     out_dir = Path(world.broadcast(str(out_dir)))  # rank 0's time-stamped directory
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,11 +126,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 out_dir=out_dir / name if sweep else out_dir,
                 n_videos=cfg.n_videos,
                 temporal_ensemble_k=cfg.temporal_ensemble_k,
+                execution=execution,
                 progress=cfg.progress and world.is_main,
             )
         )
+        delay = "" if execution.strategy == "sync" else f" ({execution.strategy}, d={results[-1]['inference_delay']})"
         print(
-            f"{name}: success {results[-1]['success_rate']:.2f} in {results[-1]['wall_time_s']:.1f} s", file=sys.stderr
+            f"{name}{delay}: success {results[-1]['success_rate']:.2f} in {results[-1]['wall_time_s']:.1f} s",
+            file=sys.stderr,
         )
     parts = world.all_gather(results)  # rank r evaluated cells r, r + N, ...
     results = [parts[i % world.size][i // world.size] for i in range(len(cells))]

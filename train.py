@@ -1,5 +1,7 @@
 """Train a ChunkPolicy: python train.py task=push_around policy=unet objective=flow
 
+Distill a trained DDPM or flow checkpoint into a consistency model: python train.py objective=consistency teacher=PATH
+
 The hydra entry point over ``policy.training``: opens the task's store (collecting it with the expert if
 missing), hands the training loop the task's env for periodic rollouts, and prints the run's summary. A run
 directory ``outputs/<date>/<time>_<name>/`` is created per run; rerunning with the same directory
@@ -31,6 +33,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from configs import unknown_option
 from data.task_store import open_training_data
 from envs.task_env import TaskEnv
+from policy.distillation import distillation_config
 from policy.distributed import PeerFailed, World, process_group
 from policy.optim import resolve_device
 from policy.run_dir import RunDir
@@ -50,6 +53,7 @@ def run(cfg: DictConfig, run_dir: Path, progress: bool = True) -> dict[str, Any]
         with world.main_first():
             held = stack.enter_context(RunDir.open(cfg, run_dir)) if world.is_main else None
             check_config(cfg, world.size)
+            distillation_config(cfg)  # a teacher that cannot be distilled is refused before any data is read
             data = open_training_data(cfg, progress and world.is_main)
         rollouts = cfg.rollout.every > 0 and world.is_main
         task = TaskEnv.from_config(OmegaConf.to_container(cfg.task, resolve=True)) if rollouts else None

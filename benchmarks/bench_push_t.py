@@ -115,24 +115,37 @@ def collect_demos(args: argparse.Namespace, progress: bool = True) -> dict[str, 
 
 
 def final_evaluation(
-    cfg: DictConfig, trained: Mapping[str, Any], args: argparse.Namespace, progress: bool
+    cfg: DictConfig, trained: Mapping[str, Any], args: argparse.Namespace, progress: bool, n_action_steps: int
 ) -> dict[str, Any]:
-    """The final checkpoint on ``--episodes`` episodes, cached in its run dir (reused for the same step and seeds)."""
+    """The final checkpoint on ``--episodes`` episodes executing ``n_action_steps`` actions per chunk.
+
+    Cached in the run dir (reused for the same step, seeds and n_action_steps).
+    """
     checkpoint = Path(trained["checkpoint"])
-    cache = checkpoint.parent.parent / "final_eval.json"
+    cache = checkpoint.parent.parent / f"final_eval_n{n_action_steps}.json"
     wanted = (args.episodes, args.eval_seed, trained["steps"])
     if cache.exists():
         saved = json.loads(cache.read_text())
         if (saved["n_episodes"], saved["seed"], saved["step"]) == wanted:
             return saved
     policy = ChunkPolicy.from_checkpoint(checkpoint)
+    most = policy.horizon - policy.n_obs_steps + 1
+    if not 1 <= n_action_steps <= most:
+        raise BenchmarkError(f"--ablate-n-action-steps {n_action_steps}: this model executes at most {most} per chunk")
+    policy.n_action_steps = n_action_steps  # replanning is an inference choice: no retraining
     task = TaskEnv.from_config(OmegaConf.to_container(cfg.task, resolve=True))
     result = evaluate(
         policy, task, n_episodes=args.episodes, n_envs=args.n_envs, seed=args.eval_seed, progress=progress
     )
     result["step"] = trained["steps"]
+    result["n_action_steps"] = n_action_steps
     write_json(cache, result)
     return result
+
+
+def _brief(result: Mapping[str, Any]) -> dict[str, float]:
+    """Success, normalized score and mean max coverage of one evaluation."""
+    return {k: result[k] for k in ("success_rate", "normalized_score", "mean_max_reward")}
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
@@ -216,6 +229,21 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
             f"{_pm(r['normalized_score'], r['normalized_score_sd'], n, 3)} | {r['best_curve_score']:.3f} | "
             f"{r['diffusion_policy_score']:.2f} | {gaps} | {minutes} | {r['steps_per_s']:.1f} | {model} |"
         )
+    ablated = [m for m in payload["models"] if len(m["n_action_steps_ablation"]) > 1]
+    if ablated:
+        lines += [
+            "",
+            "The final checkpoints replanning after other numbers of executed actions (same episodes, no retraining):",
+            "",
+            "| obs | objective | seed | actions per chunk | success | normalized score | mean max coverage |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for m in ablated:
+            for n, r in sorted(m["n_action_steps_ablation"].items(), key=lambda item: -int(item[0])):
+                lines.append(
+                    f"| {m['obs']} | {m['objective']} | {m['seed']} | {n} | {r['success_rate']:.2f} | "
+                    f"{r['normalized_score']:.3f} | {r['mean_max_reward']:.3f} |"
+                )
     lines += [
         "",
         "Normalized score: Diffusion Policy's PushT metric, max coverage / 0.95 clipped to 1, mean over episodes. "
@@ -234,7 +262,7 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
 
 def recipe_summary(cfg: DictConfig) -> str:
     """One cell describing a model: UNet widths, horizon, batch, steps, lr, precision."""
-    amp = autocast_enabled(cfg.amp, resolve_device(cfg.device))
+    amp = autocast_enabled(cfg.amp, resolve_device(cfg.device), images=cfg.obs == "image")
     return (
         f"UNet {list(cfg.policy.denoiser.down_dims)}, H {cfg.policy.horizon}/{cfg.policy.n_action_steps}, "
         f"{cfg.training.max_steps} x b{cfg.training.batch_size}, lr {cfg.training.lr:g}, {'bf16' if amp else 'fp32'}"
@@ -292,8 +320,12 @@ def run_benchmark(args: argparse.Namespace, progress: bool = True) -> dict[str, 
         recipes[obs] = recipe_summary(cfg)
         run_dir = Path(args.work_dir) / obs / f"{objective}_seed{seed}"
         trained = train_or_reuse(cfg, run_dir, args.reuse, SAME_MODEL_KEYS, progress)
-        final = final_evaluation(cfg, trained, args, progress)
+        own = int(cfg.policy.n_action_steps)
+        final = final_evaluation(cfg, trained, args, progress, own)
         models.append(model_row(obs, objective, seed, trained, final))
+        models[-1]["n_action_steps_ablation"] = {
+            n: _brief(final_evaluation(cfg, trained, args, progress, n)) for n in args.ablate_n_action_steps if n != own
+        } | {own: _brief(final)}
         payload = write_report(args, models, recipes, collected, time.perf_counter() - start)
     return payload
 
@@ -312,6 +344,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-episode-steps", type=int, default=None, help="evaluation episode length (default: the task's, 300)"
     )
+    parser.add_argument(
+        "--ablate-n-action-steps",
+        nargs="*",
+        type=int,
+        default=[8, 2],
+        help="also evaluate each final checkpoint executing these numbers of actions per chunk",
+    )
     parser.add_argument("--n-envs", type=int, default=2, help="env worker processes per evaluation")
     parser.add_argument("--eval-seed", type=int, default=100000, help="evaluation episode i is reset with this + i")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads while training")
@@ -320,6 +359,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reuse", action="store_true", help="keep finished models in --work-dir, resume the others")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every model")
     args = parser.parse_args(argv)
+    if any(n < 1 for n in args.ablate_n_action_steps):
+        parser.error(f"--ablate-n-action-steps {args.ablate_n_action_steps} must all be >= 1")
     counts = ("demos", "eval_every", "curve_episodes", "episodes", "n_envs", "threads")
     optional = ("train_steps", "max_episode_steps")
     if min(v for v in (getattr(args, name) for name in (*counts, *optional)) if v is not None) < 1:

@@ -1,11 +1,15 @@
-"""DDPM vs flow matching across denoising step counts: success, reward and latency against network evaluations.
+"""DDPM vs flow matching vs few-step models across denoising step counts: success, reward and latency against NFE.
 
-For one task, trains a DDPM (epsilon) policy and a flow-matching policy that share everything else (backbone,
-observations, data, optimizer steps, seed) with train.py, then evaluates every (sampler, steps) cell of each with
-policy.evaluation.evaluate on the same episode seeds (episode i of every cell is reset with ``--eval-seed + i``):
+For one task, trains a DDPM (epsilon) policy, a flow-matching policy and a shortcut model from scratch that share
+everything else (backbone, observations, data, optimizer steps, seed) with train.py, distills a consistency model
+from one of them (``--teacher``, for ``--distill-steps``, a budget of its own), then evaluates every (sampler, steps)
+cell of each with policy.evaluation.evaluate on the same episode seeds (episode i of every cell is reset with
+``--eval-seed + i``):
 
     DDPM model: ddpm at its full chain (100 steps), ddim and dpmsolver at --step-counts (default 1 2 4 8 16)
     flow model: euler, midpoint and heun at --step-counts (midpoint and heun cost 2 evaluations per step)
+    shortcut model: shortcut at --step-counts (powers of two)
+    consistency model: consistency (multistep consistency sampling) at --step-counts
 
 NFE is the sampler's own count. With several --seeds every (objective, seed) is trained and evaluated, and the table
 shows the mean and standard deviation across seeds (the 95% interval is Wilson's over the pooled episodes; latency
@@ -15,8 +19,9 @@ Usage (from the repo root):
     python benchmarks/bench_steps.py --task push_t --train-steps 3000 --seeds 0 --episodes 50 --obs state \\
         --n-envs 2 --reuse
 Writes steps_<task>.json, steps_<task>.md and steps_<task>.png to --out (default benchmarks/results) and prints the
-table. Run dirs are fixed (``<work-dir>/<task>/<objective>_seed<k>_<N>steps``); with --reuse a finished checkpoint
-is not retrained, an interrupted one resumes, and evaluated cells (kept in the run dir) are not re-run.
+table. Run dirs are fixed (``<work-dir>/<task>/<objective>_seed<k>_<N>steps``, the consistency model's
+``consistency-<teacher>_seed<k>_<N>steps``); with --reuse a finished checkpoint is not retrained, an interrupted one
+resumes, and evaluated cells (kept in the run dir) are not re-run. ``--objectives`` picks the models.
 
 Under ``torchrun --nproc_per_node=N benchmarks/bench_steps.py ...`` every model trains with DistributedDataParallel
 over the N processes, the (seed, objective, sampler, steps) cells are split over them (rank r evaluates cells r,
@@ -48,6 +53,7 @@ from data.file_lock import FileLock
 from envs.task_env import TaskEnv
 from policy.checkpoint import checkpoint_config, load_checkpoint
 from policy.chunk_policy import ChunkPolicy
+from policy.distillation import distillation_config
 from policy.distributed import World, process_group
 from policy.evaluation import evaluate, wilson_interval
 from policy.optim import resolve_device
@@ -63,12 +69,30 @@ from training_runs import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-OBJECTIVES = ("ddpm", "flow")
-SAMPLERS = {"ddpm": ("ddim", "dpmsolver"), "flow": ("euler", "midpoint", "heun")}  # swept at every step count
+OBJECTIVES = ("ddpm", "flow", "shortcut", "consistency")  # the consistency model is distilled from a --teacher
+TEACHERS = ("ddpm", "flow")
+SAMPLERS = {  # swept at every step count
+    "ddpm": ("ddim", "dpmsolver"),
+    "flow": ("euler", "midpoint", "heun"),
+    "shortcut": ("shortcut",),
+    "consistency": ("consistency",),
+}
 FULL_CHAIN = ("ddpm", None)  # DDPM's ancestral sampler over the model's whole training chain, one cell
 STEP_COUNTS = (1, 2, 4, 8, 16)
 CELLS_FILE = "bench_steps_cells.json"  # evaluated cells kept in each run dir, for --reuse
-SAME_MODEL_KEYS = ("task", "obs", "seed", "policy", "objective", "sampler", "training", "dataset", "ema", "rollout")
+SAME_MODEL_KEYS = (
+    "task",
+    "obs",
+    "seed",
+    "policy",
+    "objective",
+    "sampler",
+    "training",
+    "dataset",
+    "ema",
+    "rollout",
+    "teacher",
+)
 
 
 def train_overrides(
@@ -98,6 +122,24 @@ def train_overrides(
 def run_dir_for(work_dir: Path, task: str, objective: str, seed: int, train_steps: int) -> Path:
     """The fixed run dir of one model: <work_dir>/<task>/<objective>_seed<k>_<N>steps."""
     return work_dir / task / f"{objective}_seed{seed}_{train_steps}steps"
+
+
+def model_config(
+    task: str,
+    objective: str,
+    seed: int,
+    steps: int,
+    obs: str,
+    curve: tuple[int, int, int, int],
+    extra_overrides: Sequence[str],
+    teacher: Path | None = None,
+) -> DictConfig:
+    """train.py's config of one model; a consistency model distills ``teacher`` (its policy and noise process)."""
+    overrides = [*train_overrides(task, objective, seed, steps, obs, curve), *extra_overrides]
+    cfg, _ = distillation_config(
+        compose_train_config(overrides if teacher is None else [*overrides, f"teacher={teacher}"])
+    )
+    return cfg
 
 
 def train_model(cfg: DictConfig, run_dir: Path, reuse: bool, progress: bool = True) -> Path:
@@ -304,32 +346,49 @@ def run_study(
     extra_overrides: Sequence[str] = (),
     eval_every: int = 0,
     curve_episodes: int = 20,
+    objectives: Sequence[str] = OBJECTIVES,
+    teacher: str = "flow",
+    distill_steps: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train both objectives for every seed, evaluate all cells, write steps_<task>.{json,md,png}; returns them.
+    """Train (and distill) every objective for every seed, evaluate all cells, write steps_<task>.{json,md,png}.
 
-    With ``eval_every`` > 0 each model is also rolled out every that many training steps with its default
-    sampler on ``curve_episodes`` episodes: its learning curve, plotted to steps_<task>_curves.png.
+    The consistency model is distilled from the ``teacher`` model of the same seed for ``distill_steps`` (default
+    ``train_steps``). With ``eval_every`` > 0 each model is also rolled out every that many training steps with its
+    default sampler on ``curve_episodes`` episodes: its learning curve, plotted to steps_<task>_curves.png.
     """
-    if train_steps < 1 or episodes < 1 or n_envs < 1 or not seeds or not step_counts or min(step_counts) < 1:
+    distill_steps = train_steps if distill_steps is None else distill_steps
+    if train_steps < 1 or distill_steps < 1 or episodes < 1 or n_envs < 1 or not seeds or not step_counts:
         raise BenchmarkError(
-            f"--train-steps={train_steps}, --episodes={episodes}, --n-envs={n_envs} and every "
-            f"--step-counts {list(step_counts)} must be >= 1, with at least one --seeds"
+            f"--train-steps={train_steps}, --distill-steps={distill_steps}, --episodes={episodes} and "
+            f"--n-envs={n_envs} must be >= 1, with at least one --seeds and --step-counts"
         )
+    if min(step_counts) < 1:
+        raise BenchmarkError(f"every --step-counts {list(step_counts)} must be >= 1")
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown or not objectives:
+        raise BenchmarkError(f"--objectives {list(objectives)}: choose from {list(OBJECTIVES)}")
+    if "consistency" in objectives and teacher not in objectives:
+        raise BenchmarkError(f"the consistency model distills the {teacher} model: add {teacher} to --objectives")
+    objectives = [o for o in OBJECTIVES if o in objectives]  # teachers train before their students
     start = time.perf_counter()
     checkpoints = {}
+    curve = (eval_every, curve_episodes, n_envs, eval_seed)
     for seed in seeds:
-        for objective in OBJECTIVES:
-            curve = (eval_every, curve_episodes, n_envs, eval_seed)
-            overrides = train_overrides(task, objective, seed, train_steps, obs, curve)
-            cfg = compose_train_config([*overrides, *extra_overrides])
-            run_dir = run_dir_for(Path(work_dir), task, objective, seed, train_steps)
+        for objective in objectives:
+            if objective == "consistency":
+                distilled = (task, objective, seed, distill_steps, obs, curve, extra_overrides)
+                cfg = model_config(*distilled, teacher=checkpoints[seed, teacher])
+                run_dir = run_dir_for(Path(work_dir), task, f"consistency-{teacher}", seed, distill_steps)
+            else:
+                cfg = model_config(task, objective, seed, train_steps, obs, curve, extra_overrides)
+                run_dir = run_dir_for(Path(work_dir), task, objective, seed, train_steps)
             checkpoints[seed, objective] = train_model(cfg, run_dir, reuse, progress)
     evaluated: dict[tuple[int, str, str, int | None], dict[str, Any]] = {}
     world = World.current()
     for seed in seeds:
         order = [
-            (objective, cell) for objective in OBJECTIVES for cell in planned_cells(objective, step_counts, full_chain)
+            (objective, cell) for objective in objectives for cell in planned_cells(objective, step_counts, full_chain)
         ]
         order.sort(key=lambda item: evaluation_rank(item[1]))
         mine = order[world.rank :: world.size]
@@ -356,16 +415,21 @@ def run_study(
             ],
         }
         for seed in seeds
-        for objective in OBJECTIVES
+        for objective in objectives
     ]
     rows = aggregate(runs)
     policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
     denoiser = policy_cfg["denoiser"]["_target_"].rsplit(".", 1)[-1] + f" {policy_cfg['denoiser'].get('down_dims', '')}"
+    distilled = (
+        f", the consistency model distilled from the {teacher} model of its seed for {distill_steps} steps"
+        if "consistency" in objectives
+        else ""
+    )
     caption = (
         f"**{task}**, {obs} observations, {denoiser.strip()}, horizon {policy_cfg['horizon']}, "
         f"{policy_cfg['n_action_steps']} actions per chunk; {train_steps} training steps (batch "
-        f"{cfg.training.batch_size}) per objective, training seeds {list(seeds)}, {episodes} episodes per cell "
-        f"(seeds {eval_seed}..{eval_seed + episodes - 1}), {resolve_device(cfg.device)}, "
+        f"{cfg.training.batch_size}) per model trained from scratch{distilled}, training seeds {list(seeds)}, "
+        f"{episodes} episodes per cell (seeds {eval_seed}..{eval_seed + episodes - 1}), {resolve_device(cfg.device)}, "
         f"{torch.get_num_threads()} torch thread(s); latency is per predict_action call, batched over "
         f"{n_envs} env(s)."
     )
@@ -374,6 +438,9 @@ def run_study(
         "task": task,
         "obs": obs,
         "train_steps": train_steps,
+        "objectives": list(objectives),
+        "teacher": teacher if "consistency" in objectives else None,
+        "distill_steps": distill_steps if "consistency" in objectives else None,
         "seeds": list(seeds),
         "episodes": episodes,
         "eval_seed": eval_seed,
@@ -401,9 +468,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="push_t", help="configs/task/<name>.yaml")
-    parser.add_argument("--train-steps", type=int, default=3000, help="optimizer steps per model (both objectives)")
+    parser.add_argument("--train-steps", type=int, default=3000, help="optimizer steps per model trained from scratch")
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="training seeds (one model per objective each)"
+    )
+    parser.add_argument(
+        "--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES, help="the models of the study"
+    )
+    parser.add_argument("--teacher", default="flow", choices=TEACHERS, help="the model the consistency model distills")
+    parser.add_argument(
+        "--distill-steps", type=int, default=None, help="optimizer steps of the distillation (default: --train-steps)"
     )
     parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per (sampler, steps) cell")
     parser.add_argument("--obs", default="state", choices=["state", "image"], help="policy observations")
@@ -430,9 +504,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout-s", type=float, default=1800, help="torchrun runs: seconds a rank waits for the others' cells"
     )
-    parser.add_argument(
-        "overrides", nargs="*", help="extra train.py overrides for both objectives, e.g. policy.horizon=8"
-    )
+    parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every model, e.g. policy.horizon=8")
     return parser.parse_args(argv)
 
 
@@ -465,6 +537,9 @@ def study(args: argparse.Namespace, world: World) -> None:
             extra_overrides=args.overrides,
             eval_every=args.eval_every,
             curve_episodes=args.curve_episodes,
+            objectives=args.objectives,
+            teacher=args.teacher,
+            distill_steps=args.distill_steps,
         )
     except BenchmarkError as exc:
         sys.exit(f"bench_steps.py: error: {world.prefix}{exc}")

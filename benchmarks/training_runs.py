@@ -42,7 +42,17 @@ def differing_settings(cfg: DictConfig, ckpt: Mapping[str, Any], keys: Sequence[
     """The top-level config ``keys`` whose values in the checkpoint differ from ``cfg``'s."""
     stored = checkpoint_config(ckpt)
     wanted = yaml.safe_load(config_to_yaml(OmegaConf.to_container(cfg, resolve=True)))  # same round trip as stored
-    return [key for key in keys if stored.get(key) != wanted.get(key)]
+    return [key for key in keys if stored.get(key) != _without_new_neutral(wanted.get(key), stored.get(key))]
+
+
+def _without_new_neutral(wanted: Any, stored: Any) -> Any:
+    """``wanted`` without the options a newer config added at a neutral value (0, False, None) that ``stored``
+    lacks: such an option keeps the old behaviour, so a model trained before it existed still matches."""
+    if not isinstance(wanted, dict) or not isinstance(stored, dict):
+        return wanted
+    return {
+        k: _without_new_neutral(v, stored.get(k)) for k, v in wanted.items() if k in stored or v not in (0, False, None)
+    }
 
 
 def existing_checkpoint(
@@ -113,7 +123,7 @@ def plot_learning_curves(
     rows = -(-len(panels) // cols)
     fig = Figure(figsize=(3.2 * cols, 2.6 * rows))  # no pyplot: no GUI backend, no global figure registry
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    colors = {"ddpm": "tab:blue", "flow": "tab:orange"}
+    colors = {"ddpm": "tab:blue", "flow": "tab:orange", "shortcut": "tab:green", "consistency": "tab:red"}
     for ax, (title, lines) in zip(axes, panels.items()):
         for label, curve in lines:
             minutes = [e["train_time_s"] / 60 for e in curve]

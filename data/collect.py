@@ -4,7 +4,8 @@
 
 Episode ``i`` runs the env with seed ``seed + i`` and the expert with its own generator derived from
 that seed, so every episode is reproducible on its own. An episode ends at the expert's first success
-(or at ``max_episode_steps``); successful episodes are appended atomically with ``meta/seed``,
+(or at ``max_episode_steps``), or ``task.expert.steps_after_success`` steps later, so that the demos also show
+the expert refining past the success threshold; successful episodes are appended atomically with ``meta/seed``,
 ``meta/mode`` and ``meta/success``. ``n_episodes`` is the total the store should hold: rerunning a
 command after an interrupt reopens the store, skips the seeds it already holds and continues.
 
@@ -39,9 +40,15 @@ class EpisodeRunner:
     """One env and one expert that run seeded demonstration episodes."""
 
     def __init__(
-        self, env_id: str, env_kwargs: Mapping[str, Any], max_episode_steps: int, noise_std: float | None
+        self,
+        env_id: str,
+        env_kwargs: Mapping[str, Any],
+        max_episode_steps: int,
+        noise_std: float | None,
+        steps_after_success: int = 0,
     ) -> None:
         check_env_id(env_id)
+        self.steps_after_success = steps_after_success
         self.env = gymnasium.make(
             env_id, max_episode_steps=max_episode_steps, disable_env_checker=True, **dict(env_kwargs)
         )
@@ -54,13 +61,15 @@ class EpisodeRunner:
         space = self.env.action_space
         frames: dict[str, list[np.ndarray]] = {key: [] for key in [*obs, "action"]}
         success = bool(info["is_success"])
-        while not success:
+        after = 0  # steps recorded after the first success (the expert refining past the threshold)
+        while not success or after < self.steps_after_success:
+            after += success
             action = np.clip(self.expert.act(obs), space.low, space.high).astype(np.float32)  # (Da,)
             for key, value in obs.items():
                 frames[key].append(value)
             frames["action"].append(action)
             obs, _, terminated, truncated, info = self.env.step(action)
-            success = bool(info["is_success"])
+            success = success or bool(info["is_success"])
             if terminated or truncated:
                 break
         data = {key: np.stack(values) for key, values in frames.items() if values}
@@ -75,10 +84,12 @@ RENDER_ONLY_KWARGS = ("render_size", "render_mode")  # env kwargs that change vi
 _worker_runner: EpisodeRunner | None = None
 
 
-def _init_worker(env_id: str, env_kwargs: dict[str, Any], max_episode_steps: int, noise_std: float | None) -> None:
+def _init_worker(
+    env_id: str, env_kwargs: dict[str, Any], max_episode_steps: int, noise_std: float | None, steps_after_success: int
+) -> None:
     """Pool initializer: each worker process builds its own env (and, lazily, its own GL context)."""
     global _worker_runner
-    _worker_runner = EpisodeRunner(env_id, env_kwargs, max_episode_steps, noise_std)
+    _worker_runner = EpisodeRunner(env_id, env_kwargs, max_episode_steps, noise_std, steps_after_success)
 
 
 def _run_in_worker(seed: int) -> dict[str, Any]:
@@ -161,7 +172,10 @@ def collect(
     if lock_timeout is not None and not lock_timeout >= 0:
         raise ValueError(f"lock_timeout={lock_timeout!r} must be >= 0 seconds (or null to wait as long as it takes)")
     noise = task_cfg["expert"]["noise_std"] if noise_std is None else noise_std
-    runner_args = (task_cfg["env_id"], dict(task_cfg["env_kwargs"]), int(task_cfg["max_episode_steps"]), noise)
+    after = int(task_cfg["expert"].get("steps_after_success", 0))
+    if after < 0:
+        raise ValueError(f"task.expert.steps_after_success={after} must be >= 0")
+    runner_args = (task_cfg["env_id"], dict(task_cfg["env_kwargs"]), int(task_cfg["max_episode_steps"]), noise, after)
 
     start = time.perf_counter()
     runner = EpisodeRunner(*runner_args)

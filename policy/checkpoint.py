@@ -10,6 +10,7 @@ that opening a file never runs code from it:
     build                 {"policy", "objective", "sampler", "shape_meta"}: what ``ChunkPolicy.from_config`` needs
     model, ema            state_dicts of the policy and of its EMA copy (ema may be None)
     ema_n_averaged        updates the EMA has averaged (its decay warmup resumes from there)
+    distiller             consistency distillation's target network ({"target": state_dict}), else None
     optimizer, scheduler  state_dicts
     rng                   {"torch": ByteTensor, "cuda": [ByteTensor, ...]} (rank 0's)
     rank_rng              every rank's ``rng``, in rank order (latest.ckpt; None in best.ckpt)

@@ -34,8 +34,9 @@ from torch import Tensor, nn
 
 from data.normalizer import Normalizer
 from policy.checkpoint import load_checkpoint
-from policy.distributed import BatchShard
+from policy.distributed import BatchShard, global_denoiser
 from policy.factory import build_parts, load_weights, parts_from_checkpoint
+from policy.rtc import Guidance
 from policy.samplers import check_compatible
 
 # Reduced-precision copies the denoiser can run in at inference (weights are read once per step:
@@ -46,18 +47,20 @@ DENOISER_DTYPES = {"bfloat16": torch.bfloat16}
 class Denoiser(Protocol):
     """What ChunkPolicy needs from a denoiser (ConditionalUnet1D, DiffusionTransformer)."""
 
-    def bind(self, cond: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-        """Precompute observation-only work for cond (B, To, Dc); returns (x (B, T, Da), t (B,)) -> (B, T, Da)."""
+    def bind(self, cond: Tensor) -> Callable[..., Tensor]:
+        """Precompute observation-only work for cond (B, To, Dc); returns (x (B, T, Da), t (B,)) -> (B, T, Da).
+
+        Step-conditioned denoisers (objectives with ``step_conditioned``, e.g. shortcut) take a step size (B,) third;
+        the callable also takes the first B' <= B rows of the bound batch (targets computed on part of a batch).
+        """
         ...
 
 
-def _with_io_dtype(
-    denoise: Callable[[Tensor, Tensor], Tensor], dtype: torch.dtype
-) -> Callable[[Tensor, Tensor], Tensor]:
-    """Wrap a bound denoiser so it sees x in ``dtype`` and returns the caller's dtype (t is left as given)."""
+def _with_io_dtype(denoise: Callable[..., Tensor], dtype: torch.dtype) -> Callable[..., Tensor]:
+    """Wrap a bound denoiser so it sees x in ``dtype`` and returns the caller's dtype (t and step are left as given)."""
 
-    def wrapped(x: Tensor, t: Tensor) -> Tensor:
-        return denoise(x.to(dtype), t).to(x.dtype)
+    def wrapped(x: Tensor, *scalars: Tensor) -> Tensor:
+        return denoise(x.to(dtype), *scalars).to(x.dtype)
 
     return wrapped
 
@@ -165,23 +168,28 @@ class ChunkPolicy(nn.Module):
         normalized = self.normalizer.normalize({k: obs[k] for k in self.obs_shapes})
         return self.encoder(normalized) if shard is None else self.encoder(normalized, shard=shard)
 
-    def compute_loss(self, batch: Mapping[str, Tensor], shard: BatchShard | None = None) -> Tensor:
-        """Scalar training loss for a batch {obs keys: (B, To, ...), "action": (B, horizon, Da)}.
+    def loss_inputs(self, batch: Mapping[str, Tensor], shard: BatchShard | None = None) -> tuple[Tensor, Tensor]:
+        """A training batch's conditioning (B, To, Dc) and normalized action chunk (B, horizon, Da), validated.
 
-        ``shard``: the batch is this process's rows of a global batch split over processes (policy.distributed);
-        crops, noise and the loss are then those of the whole global batch, as one process computes them.
+        ``shard``: the batch is this process's rows of a global batch split over processes (policy.distributed); the
+        conditioning is then of these rows (random crops drawn for the whole global batch), the chunk the global one.
         """
         action = batch.get("action")
         expected = (self.horizon, self.action_dim)
         if action is None or action.ndim != 3 or tuple(action.shape[1:]) != expected:
             got = None if action is None else tuple(action.shape)
             raise ValueError(f"batch['action'] must have shape (B, {expected[0]}, {expected[1]}); got {got}")
-        cond = self.encode(batch, shard)  # (B, To, Dc)
-        action_norm = self.normalizer.normalize_key("action", action)  # (B, horizon, Da)
-        denoise = self.denoiser.bind(cond)
-        if shard is not None:  # the objective draws for and averages over the global batch
-            denoise, action_norm = shard.whole_batch(denoise), shard.gather(action_norm)
-        return self.objective.loss(denoise, action_norm)
+        cond = self.encode(batch, shard)  # (B, To, Dc), this rank's rows
+        action = self.normalizer.normalize_key("action", action)  # (B, horizon, Da)
+        return cond, action if shard is None else shard.gather(action)
+
+    def compute_loss(self, batch: Mapping[str, Tensor], shard: BatchShard | None = None) -> Tensor:
+        """Scalar training loss for a batch {obs keys: (B, To, ...), "action": (B, horizon, Da)}.
+
+        With ``shard`` the objective draws its noise for, and averages over, the whole global batch, as one process.
+        """
+        cond, action_norm = self.loss_inputs(batch, shard)
+        return self.objective.loss(global_denoiser(self.denoiser.bind(cond), shard), action_norm)
 
     def predict_action(
         self,
@@ -190,12 +198,17 @@ class ChunkPolicy(nn.Module):
         sampler: Any = None,
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
+        guidance: Guidance | None = None,
     ) -> dict[str, Tensor]:
-        """Sample chunks: {"action": (B, n_action_steps, Da), "action_pred": (B, horizon, Da)}, unnormalized."""
+        """Sample chunks: {"action": (B, n_action_steps, Da), "action_pred": (B, horizon, Da)}, unnormalized.
+
+        ``guidance`` (policy.rtc.Guidance) samples with real-time chunking's guidance towards a previous chunk.
+        """
         sampler = self.sampler if sampler is None else sampler
         check_compatible(sampler, self.objective)
         denoiser = self._inference_denoiser()
-        with torch.inference_mode():
+        # RTC's guidance backpropagates through the denoiser: no_grad (not inference tensors) around the sampling
+        with torch.inference_mode() if guidance is None else torch.no_grad():
             cond = self.encode(obs)  # (B, To, Dc)
             noise = torch.randn(
                 (cond.shape[0], self.horizon, self.action_dim),
@@ -210,8 +223,14 @@ class ChunkPolicy(nn.Module):
                 denoise = _with_io_dtype(denoiser.bind(cond.to(dtype)), dtype)
             if self.compile_denoiser:  # compiled graphs are cached per code object and guarded per module
                 denoise = torch.compile(denoise, dynamic=False)
+            if guidance is not None:
+                guidance.check(sampler.name, tuple(noise.shape))
+                target = self.normalizer.normalize_key("action", guidance.target.to(noise))  # (B, horizon, Da)
+                denoise = guidance.wrap(denoise, self.objective, target)
             sample = sampler.sample(denoise, self.objective, noise, num_steps=num_steps, generator=generator)
             action_pred = self.normalizer.unnormalize_key("action", sample)  # (B, horizon, Da)
+            if guidance is not None:
+                action_pred = guidance.freeze(action_pred)
         start = self.n_obs_steps - 1
         return {"action": action_pred[:, start : start + self.n_action_steps], "action_pred": action_pred}
 

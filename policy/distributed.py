@@ -219,22 +219,32 @@ class BatchShard:
         """(size, ...) from every rank's (rows, ...) in rank order; gradients flow back to each rank's rows."""
         return _GatherRows.apply(local, self.start, self.stop)
 
-    def whole_batch(self, denoise: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    def whole_batch(self, denoise: Callable[..., Tensor]) -> Callable[..., Tensor]:
         """A bound denoiser seen as one over the global batch: it runs on this shard's rows, outputs are gathered.
 
         Every rank then holds the same global loss; DDP averages the ranks' gradients of it, and the gather's
-        backward sums the ranks' gradients of each row, so the update is the global loss's own gradient.
+        backward sums the ranks' gradients of each row, so the update is the global loss's own gradient. Calls on
+        the first n rows of the global batch (e.g. shortcut targets) run each rank's rows among them.
         """
 
-        def global_denoise(x: Tensor, t: Tensor) -> Tensor:  # x (size, T, Da), t (size,) -> (size, T, Da)
-            if x.shape[0] != self.size:
-                raise ValueError(
-                    f"the objective called the denoiser on {x.shape[0]} rows; a batch split over processes "
-                    f"needs calls on the whole global batch ({self.size} rows)"
-                )
-            return self.gather(denoise(x[self.start : self.stop], t[self.start : self.stop]))
+        def global_denoise(x: Tensor, *per_row: Tensor) -> Tensor:  # x (n, T, Da), per_row each (n,) -> (n, T, Da)
+            n = x.shape[0]
+            if n > self.size:
+                raise ValueError(f"the objective called the denoiser on {n} rows of a {self.size}-row global batch")
+            stop = min(self.stop, n)
+            if stop > self.start:
+                local = denoise(x[self.start : stop], *(v[self.start : stop] for v in per_row))
+            else:  # none of this rank's rows is among the first n
+                local = x.new_zeros((0, *x.shape[1:]))
+            padded = torch.cat([local, local.new_zeros((self.rows - len(local), *local.shape[1:]))])  # (rows, T, Da)
+            return self.gather(padded)[:n]  # rank r's rows sit at [r * rows, ...): padding only past n
 
         return global_denoise
+
+
+def global_denoiser(denoise: Callable[..., Tensor], shard: BatchShard | None) -> Callable[..., Tensor]:
+    """``denoise`` itself for one process; with a shard, the denoiser over the global batch (``whole_batch``)."""
+    return denoise if shard is None else shard.whole_batch(denoise)
 
 
 class _GatherRows(torch.autograd.Function):

@@ -6,11 +6,18 @@ Episode i of every call is reset with seed ``seed + i`` and the policy's noise c
 seeded with ``seed``, so (sampler, steps) cells compare on identical initial conditions and a run is
 reproducible. Which (sampler, num_steps) pairs can run a model is decided by the sampler itself
 (``Sampler.resolve_steps``).
+
+The ``execution`` strategy (policy.execution) decides how chunks are scheduled while the env keeps stepping.
+``inference_delay="auto"`` measures the strategy's chunk computation at batch 1 on the task's first observation
+(median of ``LATENCY_CHUNKS`` calls after a warm-up, with its own noise generator so the rollout's noise is
+unchanged) and converts it with the task's control rate: d = ceil(latency x fps).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,10 +29,12 @@ import torch
 
 from policy.chunk_policy import ChunkPolicy
 from policy.controller import RecedingHorizonController
+from policy.execution import Execution, delay_from_latency
 from policy.rollout import run_episodes
 from policy.samplers import Sampler, make_sampler
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
+LATENCY_CHUNKS = 5  # timed chunk computations behind inference_delay=auto (after one warm-up call)
 
 
 class EvalError(ValueError):
@@ -61,13 +70,73 @@ def resolve_sampler(policy: ChunkPolicy, sampler: Sampler | str | None) -> Sampl
     return make_sampler(sampler) if isinstance(sampler, str) else sampler
 
 
-def cell_problem(policy: ChunkPolicy, sampler: Sampler, num_steps: int | None) -> str | None:
-    """Why (sampler, num_steps) cannot run this policy, or None if it can."""
+def cell_problem(
+    policy: ChunkPolicy, sampler: Sampler, num_steps: int | None, execution: Execution | None = None
+) -> str | None:
+    """Why (sampler, num_steps) cannot run this policy (with this execution strategy), or None if it can."""
     try:
         sampler.resolve_steps(policy.objective, num_steps)
+        if execution is not None:  # an auto delay is only known once measured: check the rest with d = 0
+            dataclasses.replace(execution, delay=0 if execution.delay == "auto" else execution.delay).bind(
+                policy, sampler.name
+            )
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def measure_latency(
+    policy: ChunkPolicy,
+    obs: Mapping[str, np.ndarray],
+    *,
+    sampler: Sampler,
+    num_steps: int | None,
+    execution: Execution,
+    chunks: int = LATENCY_CHUNKS,
+) -> float:
+    """Median seconds of one chunk computation at batch 1 on obs {key: (...)}, as the strategy computes it.
+
+    A throwaway one-env controller runs the strategy without delay on the repeated observation, so RTC's calls
+    after the first are guided as in the rollout; the first call (unguided, warm-up) is not counted.
+    """
+    generator = torch.Generator(device=policy.device).manual_seed(0)
+    probe = RecedingHorizonController(
+        policy,
+        1,
+        sampler=sampler,
+        num_steps=num_steps,
+        generator=generator,
+        execution=dataclasses.replace(execution, delay=0),
+    )
+    batch = {key: np.asarray(value)[None] for key, value in obs.items()}  # key -> (1, ...)
+    while len(probe.latencies) < chunks + 1:
+        probe.act(batch)
+    return statistics.median(probe.latencies[1:])
+
+
+def resolve_execution(
+    policy: ChunkPolicy,
+    execution: Execution,
+    *,
+    sampler: Sampler,
+    num_steps: int | None,
+    obs: Mapping[str, np.ndarray],
+    fps: float,
+) -> tuple[Execution, float | None]:
+    """(execution bound to the policy with d in steps, the measured latency in s for auto else None); EvalError."""
+    latency = None
+    if execution.delay == "auto":
+        try:
+            dataclasses.replace(execution, delay=0).bind(policy, sampler.name)
+        except ValueError as exc:
+            raise EvalError(str(exc)) from exc
+        latency = measure_latency(policy, obs, sampler=sampler, num_steps=num_steps, execution=execution)
+        execution = dataclasses.replace(execution, delay=delay_from_latency(latency, fps))
+    try:
+        return execution.bind(policy, sampler.name), latency
+    except ValueError as exc:
+        measured = "" if latency is None else f"inference_delay=auto measured {latency * 1000:.1f} ms at {fps} fps: "
+        raise EvalError(measured + str(exc)) from exc
 
 
 def check_observations(policy: ChunkPolicy, env: gymnasium.Env, env_id: str) -> None:
@@ -94,9 +163,13 @@ def evaluate(
     out_dir: str | Path | None = None,
     n_videos: int = 0,
     temporal_ensemble_k: float | None = None,
+    execution: Execution | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Roll the policy out for n_episodes seeded episodes (seed + i); returns the summary with per-episode records."""
+    execution = Execution() if execution is None else execution
+    if temporal_ensemble_k is not None and execution.strategy != "sync":
+        raise EvalError(f"temporal_ensemble_k needs execution=sync (it replans every step); got {execution.strategy}")
     if n_episodes < 1 or n_envs < 1:
         raise EvalError(f"n_episodes={n_episodes} and n_envs={n_envs} must be >= 1")
     if n_videos > 0 and out_dir is None:
@@ -111,8 +184,17 @@ def evaluate(
     try:
         check_observations(policy, probe, task.env_id)
         success_reward = getattr(probe.unwrapped, "success_reward", None)  # tasks whose success is a reward threshold
+        first_obs = probe.reset(seed=seed)[0] if execution.delay == "auto" else {}
     finally:
         probe.close()
+    was_training = policy.training
+    policy.eval()
+    try:
+        execution, latency = resolve_execution(
+            policy, execution, sampler=sampler, num_steps=num_steps, obs=first_obs, fps=task.fps
+        )
+    finally:
+        policy.train(was_training)
 
     n_envs = min(n_envs, n_episodes)
     generator = torch.Generator(device=policy.device).manual_seed(seed)
@@ -123,6 +205,7 @@ def evaluate(
         num_steps=num_steps,
         generator=generator,
         temporal_ensemble_k=temporal_ensemble_k,
+        execution=execution,
     )
     seeds = [seed + i for i in range(n_episodes)]
     video_dir = None if out_dir is None else Path(out_dir) / "videos"
@@ -142,6 +225,9 @@ def evaluate(
         "num_steps": steps,
         "nfe": sampler.nfe(steps),
         "temporal_ensemble_k": temporal_ensemble_k,
+        **execution.describe(),
+        "auto_delay_latency_ms": None if latency is None else latency * 1000,
+        **controller.jump_summary(),
         "n_envs": n_envs,
         "seed": seed,
         "videos": [e["video"] for e in episodes if e["video"] is not None],
@@ -193,17 +279,18 @@ def summarize(
 
 
 def markdown_table(cells: Sequence[Mapping[str, Any]]) -> str:
-    """One Markdown row per cell: sampler, steps, NFE, success with CI, rewards, length, latency, wall time.
+    """One Markdown row per cell: sampler, steps, NFE, execution, d, success with CI, rewards, jumps, latency, wall.
 
     Cells of a task with a success reward (PushT) also show the normalized score beside the max reward.
+    "switch jump" is the mean |a_t - a_(t-1)| where a new chunk takes over.
     """
     scored = any(c.get("normalized_score") is not None for c in cells)
     head = (
-        "| sampler | steps | NFE | success (95% CI) | max reward | "
+        "| sampler | steps | NFE | execution | d | success (95% CI) | max reward | "
         + ("normalized score | " if scored else "")
-        + "final reward | length | latency ms (median / p90) | wall s |"
+        + "final reward | length | switch jump | latency ms (median / p90) | wall s |"
     )
-    rows = [head, "|---|---:|---:|---|---:|" + ("---:|" if scored else "") + "---:|---:|---|---:|"]
+    rows = [head, "|---|---:|---:|---|---:|---|---:|" + ("---:|" if scored else "") + "---:|---:|---:|---|---:|"]
     for c in cells:
         lat = c["latency_ms"]
         latency = "-" if lat["median"] is None else f"{lat['median']:.1f} / {lat['p90']:.1f}"
@@ -211,9 +298,11 @@ def markdown_table(cells: Sequence[Mapping[str, Any]]) -> str:
         score = (
             "" if not scored else f"{c['normalized_score']:.3f} | " if c.get("normalized_score") is not None else "- | "
         )
+        execution = c.get("execution", "sync") if c.get("temporal_ensemble_k") is None else "temporal_ensemble"
+        jump = "-" if c.get("switch_jump") is None else f"{c['switch_jump']:.4f}"
         rows.append(
-            f"| {c['sampler']} | {c['num_steps']} | {c['nfe']} | {c['success_rate']:.2f} ({low:.2f}-{high:.2f}) | "
-            f"{c['mean_max_reward']:.3f} | {score}{c['mean_final_reward']:.3f} | {c['mean_length']:.1f} | {latency} | "
-            f"{c['wall_time_s']:.1f} |"
+            f"| {c['sampler']} | {c['num_steps']} | {c['nfe']} | {execution} | {c.get('inference_delay', 0)} | "
+            f"{c['success_rate']:.2f} ({low:.2f}-{high:.2f}) | {c['mean_max_reward']:.3f} | {score}"
+            f"{c['mean_final_reward']:.3f} | {c['mean_length']:.1f} | {jump} | {latency} | {c['wall_time_s']:.1f} |"
         )
     return "\n".join(rows) + "\n"

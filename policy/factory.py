@@ -4,8 +4,10 @@
 ``{"obs": {key: {"shape": [...], "type": "rgb" | "low_dim"}}, "action": {"shape": [Da]}}``
 (rgb shapes (H, W, 3) as stored). The encoder is built first; the denoiser then receives the
 sizes only known at build time: action_dim, cond_dim (the encoder's output_dim), n_obs_steps
-and horizon. The parts are ChunkPolicy's constructor arguments: ``ChunkPolicy.from_config`` and
-``ChunkPolicy.from_checkpoint`` assemble them, so this module never imports ChunkPolicy.
+and horizon, plus ``step_conditioned=True`` when the objective conditions on a step size
+(``objective.step_conditioned``, e.g. shortcut models). The parts are ChunkPolicy's constructor
+arguments: ``ChunkPolicy.from_config`` and ``ChunkPolicy.from_checkpoint`` assemble them, so this
+module never imports ChunkPolicy.
 """
 
 from __future__ import annotations
@@ -38,19 +40,22 @@ def build_parts(
     if "obs" not in meta or "action" not in meta:
         raise ValueError(f"shape_meta needs 'obs' and 'action' entries; got keys {sorted(meta)}")
     action_dim = int(meta["action"]["shape"][0])
+    objective = instantiate(objective_cfg)
     encoder = instantiate(policy_cfg.encoder, shape_meta=meta["obs"], _convert_="all")
+    step_conditioned = {"step_conditioned": True} if getattr(objective, "step_conditioned", False) else {}
     denoiser = instantiate(
         policy_cfg.denoiser,
         action_dim=action_dim,
         cond_dim=encoder.output_dim,
         n_obs_steps=policy_cfg.n_obs_steps,
         horizon=policy_cfg.horizon,
+        **step_conditioned,
         _convert_="all",
     )
     return {
         "encoder": encoder,
         "denoiser": denoiser,
-        "objective": instantiate(objective_cfg),
+        "objective": objective,
         "sampler": instantiate(sampler_cfg),
         "horizon": policy_cfg.horizon,
         "n_obs_steps": policy_cfg.n_obs_steps,

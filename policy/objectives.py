@@ -258,7 +258,3 @@ class Regression:
     ) -> Tensor:
         """Scalar MSE; x0 (B, T, D) normalized actions. ``generator`` is unused (no noise is drawn)."""
         return F.mse_loss(regress(denoiser, x0), x0)
-
-
-# objective kind -> class; samplers declare the kind they sample (policy.samplers.check_compatible)
-OBJECTIVES: dict[str, type] = {cls.kind: cls for cls in (DDPM, FlowMatching, Regression)}

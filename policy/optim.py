@@ -35,10 +35,15 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def autocast_enabled(amp: str | bool, device: torch.device) -> bool:
-    """Whether to train under bf16 autocast: "auto" = on CUDA and on CPUs with native bf16; true/false force it."""
+def autocast_enabled(amp: str | bool, device: torch.device, images: bool = True) -> bool:
+    """Whether to train under bf16 autocast; true/false force it.
+
+    "auto" = on CUDA, and on CPUs with native bf16 for policies that see images: there the convolutions of the
+    image trunk gain (1.4x per step at batch 64, 2.4x at 256 on AMX), while a low-dim policy's small UNet
+    loses (1.4x slower at batch 256: the casts around every GroupNorm cost more than the bf16 matmuls save).
+    """
     if amp == "auto":
-        return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return device.type == "cuda" or (device.type == "cpu" and images and cpu_has_native_bf16())
     if isinstance(amp, bool):
         return amp
     raise ValueError(f"amp={amp!r} must be auto, true or false")

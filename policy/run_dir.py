@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from data.atomic import remove_stale_temps
 from data.file_lock import FileLock, LockBusyError
 from policy.checkpoint import checkpoint_config, config_to_yaml, load_checkpoint
+from policy.distillation import distillation_config
 from policy.resume_config import SAFE_TO_CHANGE, unsafe_changes
 
 LOCK_NAME = ".lock"
@@ -115,7 +116,7 @@ class RunDir:
                     remove_stale_temps(directory)
             if session.latest.exists():
                 session.checkpoint = load_checkpoint(session.latest)
-                _check_resumable(cfg, session.checkpoint, path)
+                _check_resumable(distillation_config(cfg)[0], session.checkpoint, path)  # what the run trains with
         except BaseException as exc:
             session.__exit__(type(exc), exc, exc.__traceback__)
             raise

@@ -1,4 +1,5 @@
-"""Reverse-process samplers: DDPM, DDIM, DPM-Solver++ (2M) for DDPM models; Euler, Midpoint, Heun for flow; regression.
+"""Reverse-process samplers: DDPM, DDIM, DPM-Solver++ (2M) for DDPM models; Euler, Midpoint, Heun for flow; regression;
+shortcut models (policy/shortcut.py) and consistency-distilled models (policy/consistency.py).
 
 Every sampler maps noise (B, T, D) ~ N(0, I), the sample at the noisiest time, to an x_0 estimate (B, T, D), with
 any step count chosen at inference. Conventions are those of policy/objectives.py: DDPM timesteps 0..T-1 with
@@ -28,7 +29,10 @@ benchmarks/bench_sampler_overhead.py measures 2.5-6.5x less sampler overhead tha
 Each sampler declares the objective kind it samples (``objective_kind``); ``check_compatible`` and
 ``Sampler.resolve_steps`` are the one place that decides whether a (sampler, objective, num_steps) triple can
 run, for every caller (ChunkPolicy, evaluation, sweeps). ``RegressionSampler`` is the one-call "sampler" of the
-MSE regression baseline, an ordinary member of ``SAMPLERS``.
+MSE regression baseline, an ordinary member of ``SAMPLERS``. ``ShortcutSampler`` takes num_steps equal steps of the
+step-conditioned shortcut model (a power of two up to its max_steps); ``ConsistencySampler`` applies the consistency
+function once, or num_steps times with re-noising in between (multistep consistency sampling). Both make one network
+call per step, so NFE = num_steps.
 Gradients are not disabled here: wrap calls in torch.no_grad() / torch.inference_mode() for plain inference.
 """
 
@@ -42,7 +46,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from policy.objectives import DDPM, OBJECTIVES, FlowMatching, Regression, regress
+from policy.consistency import ConsistencyDistillation
+from policy.objectives import DDPM, FlowMatching, Regression, regress
+from policy.shortcut import ShortcutFlow
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
@@ -443,6 +449,89 @@ class RegressionSampler(Sampler):
         return regress(denoiser, x)
 
 
+class ShortcutSampler(Sampler):
+    """Shortcut-model sampling: num_steps steps x <- x - d s(x, t, d) of size d = 1 / num_steps; 1 NFE per step."""
+
+    name = "shortcut"
+    objective_kind = ShortcutFlow.kind
+
+    def __init__(self, num_steps: int = 1) -> None:
+        """num_steps: a power of two up to the model's max_steps."""
+        super().__init__(num_steps)
+
+    def _resolve_steps(self, objective: ShortcutFlow, num_steps: int | None) -> int:
+        """The step count, one the model was trained for (1, 2, 4, ..., max_steps)."""
+        n = self._steps_or_default(num_steps)
+        if n not in objective.step_counts():
+            raise ValueError(
+                f"a shortcut model takes a power-of-two number of steps up to its max_steps={objective.max_steps} "
+                f"(the step sizes it was trained for); got num_steps={n}"
+            )
+        return n
+
+    def _build_table(self, objective: ShortcutFlow, n: int, device: torch.device, dtype: torch.dtype) -> list:
+        """Per step: t_model, step_model, -d."""
+        t = flow_times(n)[:-1]  # (n,) from 1 down
+        d = torch.full_like(t, 1 / n)
+        return _columns(torch.stack([t * objective.time_scale, d * objective.time_scale, -d], dim=1), device, dtype)
+
+    def _run(
+        self, denoiser: Denoiser, objective: ShortcutFlow, x: Tensor, table: list, generator: torch.Generator | None
+    ) -> Tensor:
+        """x <- x - d s(x, t, d)."""
+        batch = x.shape[0]
+        for t, step, minus_d in table:
+            x = torch.addcmul(x, minus_d, denoiser(x, t.expand(batch), step.expand(batch)))
+        return x
+
+
+class ConsistencySampler(Sampler):
+    """Multistep consistency sampling: f at the noisiest grid point, then re-noise and apply f again; 1 NFE per step."""
+
+    name = "consistency"
+    objective_kind = ConsistencyDistillation.kind
+
+    def __init__(self, num_steps: int = 1) -> None:
+        """num_steps: 1 up to the model's num_intervals."""
+        super().__init__(num_steps)
+
+    def _resolve_steps(self, objective: ConsistencyDistillation, num_steps: int | None) -> int:
+        """The step count; at most the model's num_intervals (each step starts from a distinct grid point)."""
+        n = self._steps_or_default(num_steps)
+        if n > objective.num_intervals:
+            raise ValueError(
+                f"num_steps={n} exceeds the consistency model's num_intervals={objective.num_intervals}; "
+                f"choose num_steps <= {objective.num_intervals}"
+            )
+        return n
+
+    def _build_table(
+        self, objective: ConsistencyDistillation, n: int, device: torch.device, dtype: torch.dtype
+    ) -> list:
+        """Per step, at grid points N, round(N (n - i) / n): alpha, sigma, t_model, c_skip, c_out."""
+        total = objective.num_intervals
+        points = [total] + [round(total * (n - i) / n) for i in range(1, n)]
+        return _columns(objective.grid[points], device, dtype)
+
+    def _run(
+        self,
+        denoiser: Denoiser,
+        objective: ConsistencyDistillation,
+        x: Tensor,
+        table: list,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """x0 = c_skip x + c_out F(x, t); from the second step on, x = alpha x0 + sigma z first."""
+        batch = x.shape[0]
+        x0 = x
+        for i, (alpha, sigma, t, c_skip, c_out) in enumerate(table):
+            if i:
+                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x = torch.addcmul(alpha * x0, sigma, z)
+            x0 = torch.addcmul(c_skip * x, c_out, denoiser(x, t.expand(batch)))
+        return x0
+
+
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls
     for cls in (
@@ -453,7 +542,14 @@ SAMPLERS: dict[str, type[Sampler]] = {
         MidpointSampler,
         HeunSampler,
         RegressionSampler,
+        ShortcutSampler,
+        ConsistencySampler,
     )
+}
+
+# objective kind -> class; every sampler declares the kind it samples (check_compatible)
+OBJECTIVES: dict[str, type] = {
+    cls.kind: cls for cls in (DDPM, FlowMatching, Regression, ShortcutFlow, ConsistencyDistillation)
 }
 
 

@@ -8,6 +8,9 @@ locks the directory for the session and refuses a config that changes what the r
 checked (``check_config``) before anything is loaded. SIGINT/SIGTERM finish the current step, write
 ``latest.ckpt`` and return. Periodic rollouts go through
 ``policy.evaluation`` on the ``EnvTask`` the caller passes, so this module never imports ``envs/``.
+A distilled objective (``objective=consistency teacher=<checkpoint>``, policy.distillation) trains in the same loop:
+the student starts as the teacher, its loss comes from a ``ConsistencyDistiller`` whose EMA target follows every
+optimizer step and is saved in the checkpoint (``distiller``).
 
 Under torchrun (a ``World`` of N processes, policy.distributed) every rank runs this loop on its rows of each
 global batch (``training.batch_size`` is the global batch) inside DistributedDataParallel. Rank 0 alone owns the
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -38,12 +41,16 @@ from data.dataset import SequenceDataset, TrainingData, make_train_loader
 from data.normalizer import Normalizer
 from policy.checkpoint import CheckpointError, config_to_yaml, rng_state, save_checkpoint, set_rng_state
 from policy.chunk_policy import ChunkPolicy
+from policy.distillation import ConsistencyDistiller, distillation_config, load_teacher
 from policy.distributed import BatchShard, World
 from policy.ema import EMA
 from policy.evaluation import EnvTask, evaluate
 from policy.optim import autocast, autocast_enabled, make_optimizer, make_scheduler, resolve_device
 from policy.run_dir import RunDir
 from policy.run_log import RunLog, plot_losses
+
+# (policy, batch, shard) -> scalar loss: ChunkPolicy.compute_loss or ConsistencyDistiller.loss
+LossFn = Callable[[ChunkPolicy, Mapping[str, torch.Tensor], BatchShard | None], torch.Tensor]
 
 POSITIVE_SETTINGS = (
     "training.max_steps",
@@ -80,14 +87,15 @@ class StopRequested:
 class TrainingLoss(nn.Module):
     """The policy's training loss as a module's forward, the call DistributedDataParallel syncs gradients on."""
 
-    def __init__(self, policy: ChunkPolicy, shard: BatchShard | None) -> None:
+    def __init__(self, policy: ChunkPolicy, loss_fn: LossFn, shard: BatchShard | None) -> None:
         super().__init__()
         self.policy = policy
+        self.loss_fn = loss_fn  # ChunkPolicy.compute_loss, or a distiller's loss
         self.shard = shard  # this rank's rows of each global batch (None: one process)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Scalar loss of the (global) batch whose rows ``batch`` holds."""
-        return self.policy.compute_loss(batch, shard=self.shard)
+        return self.loss_fn(self.policy, batch, self.shard)
 
 
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -96,9 +104,13 @@ def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[s
 
 
 def validation_loss(
-    policy: ChunkPolicy, dataset: SequenceDataset, cfg: DictConfig, device: torch.device
+    policy: ChunkPolicy,
+    dataset: SequenceDataset,
+    cfg: DictConfig,
+    device: torch.device,
+    loss_fn: Callable[[ChunkPolicy, Mapping[str, torch.Tensor]], torch.Tensor] = ChunkPolicy.compute_loss,
 ) -> float | None:
-    """Mean loss over fixed validation batches, with fixed noise; the training RNG stream is untouched."""
+    """Mean ``loss_fn(policy, batch)`` over fixed validation batches with fixed noise; the training RNG is untouched."""
     if len(dataset) == 0:
         return None
     batch_size = min(cfg.training.batch_size, len(dataset))
@@ -111,7 +123,7 @@ def validation_loss(
         torch.manual_seed(cfg.seed)
         for b in range(n_batches):
             batch = to_device(dataset.__getitems__(order[b * batch_size : (b + 1) * batch_size].tolist()), device)
-            losses.append(float(policy.compute_loss(batch)))
+            losses.append(float(loss_fn(policy, batch)))
     policy.train(was_training)
     return sum(losses) / len(losses)
 
@@ -204,8 +216,9 @@ def _start_state(
     policy: ChunkPolicy,
     rollout_task: EnvTask | None,
     world: World,
+    fit: bool,
 ) -> dict[str, Any]:
-    """Rank 0's start of a session, sent to every rank: the checks, the fitted normalizer and the state to resume."""
+    """Rank 0's start of a session, sent to every rank: checks, the fitted normalizer (if ``fit``), resume state."""
     if cfg.rollout.every > 0 and rollout_task is None:
         raise ValueError(
             "rollout.every > 0 needs the task's env for rollouts; pass rollout_task or set rollout.every=0"
@@ -226,7 +239,7 @@ def _start_state(
             )
     return {
         "run_dir": str(session.path),
-        "normalizer": data.train_set.get_normalizer(policy.normalizer_modes()).state_dict(),
+        "normalizer": data.train_set.get_normalizer(policy.normalizer_modes()).state_dict() if fit else None,
         "resume": None if resume is None else {k: v for k, v in resume.items() if k != "ema"},  # EMA: rank 0's
     }
 
@@ -252,20 +265,29 @@ def _train_session(
     """``train`` in the locked, checked run directory ``session`` (rank 0; None on the other ranks)."""
     shape_meta = dict(data.shape_meta)
     train_set, val_set = data.train_set, data.val_set
+    main = world.is_main
+    cfg, teacher_ckpt = distillation_config(cfg)
+    teacher = None if teacher_ckpt is None else load_teacher(cfg.teacher, teacher_ckpt, shape_meta)
+    if teacher is not None and main:
+        print(f"distilling {cfg.teacher}: the student starts from its policy config, weights and normalizer")
     torch.manual_seed(cfg.seed)
     device = world.device(resolve_device(cfg.device))
-    use_amp = autocast_enabled(cfg.amp, device)
-    main = world.is_main
 
     policy = ChunkPolicy.from_config(cfg.policy, cfg.objective, cfg.sampler, shape_meta)
-    start = world.from_main(lambda: _start_state(cfg, session, data, policy, rollout_task, world))
+    use_amp = autocast_enabled(cfg.amp, device, images="rgb" in policy.obs_types.values())
+    start = world.from_main(lambda: _start_state(cfg, session, data, policy, rollout_task, world, teacher is None))
     run_dir = Path(start["run_dir"])
     latest = run_dir / "checkpoints" / "latest.ckpt"
     resume = session.checkpoint if main else start["resume"]
-    normalizer = Normalizer()
-    normalizer.load_state_dict(start["normalizer"])
-    policy.set_normalizer(normalizer)
+    if teacher is None:
+        normalizer = Normalizer()
+        normalizer.load_state_dict(start["normalizer"])
+        policy.set_normalizer(normalizer)
+    else:
+        policy.load_state_dict(teacher.state_dict())
     policy.to(device)
+    distiller = None if teacher is None else ConsistencyDistiller(teacher, policy).to(device)
+    compute_loss = ChunkPolicy.compute_loss if distiller is None else distiller.loss
     ema = EMA(policy, power=cfg.ema.power, max_value=cfg.ema.max_value) if cfg.ema.enabled and main else None
     optimizer = make_optimizer(
         policy.parameters(), cfg.training.lr, cfg.training.betas, cfg.training.weight_decay, device
@@ -280,6 +302,8 @@ def _train_session(
             if ema is not None and resume.get("ema") is not None:
                 ema.module.load_state_dict(resume["ema"])
                 ema.n_averaged.fill_(resume["ema_n_averaged"])
+            if distiller is not None:
+                distiller.load_state_dict(resume["distiller"])
         except (RuntimeError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
@@ -312,6 +336,7 @@ def _train_session(
                 "model": policy.state_dict(),
                 "ema": ema.module.state_dict() if ema is not None else None,
                 "ema_n_averaged": int(ema.n_averaged) if ema is not None else 0,
+                "distiller": distiller.state_dict() if distiller is not None else None,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
@@ -342,7 +367,7 @@ def _train_session(
         world_size=world.size,
     )
     shard = BatchShard.of(world, cfg.training.batch_size) if world.distributed else None
-    loss_of = world.wrap(TrainingLoss(policy, shard), device)
+    loss_of = world.wrap(TrainingLoss(policy, compute_loss, shard), device)
     if main:
         print(
             f"run dir {run_dir}\n{len(train_set)} training windows, {len(val_set)} validation windows, "
@@ -384,6 +409,8 @@ def _train_session(
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.training.max_grad_norm)
             optimizer.step()
             scheduler.step()
+            if distiller is not None:
+                distiller.update_target(policy)
             if ema is not None:
                 ema.update_parameters(policy)
             step += 1
@@ -402,7 +429,7 @@ def _train_session(
                     bar.set_postfix(loss=f"{loss.item():.4f}", steps_s=f"{rate:.1f}")
                 eval_start = time.perf_counter()
                 if step % cfg.training.val_every == 0 or step == cfg.training.max_steps:
-                    records["val_loss"] = validation_loss(eval_policy, val_set, cfg, device)
+                    records["val_loss"] = validation_loss(eval_policy, val_set, cfg, device, compute_loss)
                 every = cfg.rollout.every
                 if every > 0 and (step % every == 0 or step == cfg.training.max_steps):
                     records["train_time_s"] = train_time() - (time.perf_counter() - eval_start)

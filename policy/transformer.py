@@ -15,6 +15,9 @@ Written by hand (not ``nn.TransformerDecoder``) so the observation-only work is 
 ``bind(cond)`` projects the observation tokens and every block's cross-attention keys/values once
 per ``predict_action``, and each denoising step computes all blocks' adaLN modulations with one
 matmul. Attention is ``F.scaled_dot_product_attention`` (flash/efficient kernels on CUDA).
+
+``step_conditioned=True`` adds a step-size embedding summed into the timestep embedding (as in
+ConditionalUnet1D); without it the parameters are unchanged.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policy.unet import TimestepEmbedding
+from policy.unet import TimestepEmbedding, first_rows, step_embedding, time_and_step_embedding
 
 
 def _heads(x: Tensor, n_heads: int) -> Tensor:
@@ -94,7 +97,9 @@ class DiffusionTransformer(nn.Module):
         n_heads: int = 4,
         dropout: float = 0.1,
         diffusion_step_embed_dim: int = 128,
+        step_conditioned: bool = False,
     ) -> None:
+        """step_conditioned adds a step-size embedding summed into the timestep's (no parameters otherwise)."""
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}; change one of them")
@@ -107,6 +112,7 @@ class DiffusionTransformer(nn.Module):
         self.obs_in = nn.Linear(cond_dim, d_model)
         self.obs_pos = nn.Parameter(torch.randn(1, n_obs_steps, d_model) * 0.02)
         self.time_embedding = TimestepEmbedding(diffusion_step_embed_dim)
+        self.step_embedding = step_embedding(diffusion_step_embed_dim) if step_conditioned else None
         self.blocks = nn.ModuleList(TransformerBlock(d_model, n_heads, dropout) for _ in range(n_layers))
         self.final_norm = nn.LayerNorm(d_model, elementwise_affine=False)
         self.action_out = nn.Linear(d_model, action_dim)
@@ -117,8 +123,11 @@ class DiffusionTransformer(nn.Module):
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
 
-    def bind(self, cond: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-        """Precompute every block's cross-attention keys/values from cond (B, To, Dc); returns (x, t) -> x_out."""
+    def bind(self, cond: Tensor) -> Callable[..., Tensor]:
+        """Precompute every block's cross-attention keys/values from cond (B, To, Dc); returns (x, t[, step]) -> out.
+
+        The returned callable also takes the first B' <= B rows of the bound batch (x (B', T, Da), t (B',)).
+        """
         if cond.ndim != 3 or cond.shape[1:] != (self.n_obs_steps, self.cond_dim):
             raise ValueError(
                 f"DiffusionTransformer expects cond of shape (B, {self.n_obs_steps}, {self.cond_dim}), "
@@ -128,18 +137,22 @@ class DiffusionTransformer(nn.Module):
         memories = [block.memory(obs_tokens) for block in self.blocks]
         return functools.partial(self._denoise, memories=memories)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """Denoise x (B, T, Da) at timestep t (B,) given cond (B, To, Dc) -> (B, T, Da)."""
-        return self.bind(cond)(x, t)
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, step: Tensor | None = None) -> Tensor:
+        """Denoise x (B, T, Da) at timestep t (B,) (and step size step (B,)) given cond (B, To, Dc) -> (B, T, Da)."""
+        return self.bind(cond)(x, t, step)
 
-    def _denoise(self, x: Tensor, t: Tensor, memories: list[tuple[Tensor, Tensor]]) -> Tensor:
+    def _denoise(
+        self, x: Tensor, t: Tensor, step: Tensor | None = None, *, memories: list[tuple[Tensor, Tensor]]
+    ) -> Tensor:
         """Run the blocks with precomputed cross-attention memories."""
         if x.ndim != 3 or x.shape[1:] != (self.horizon, self.action_dim):
             raise ValueError(
                 f"DiffusionTransformer expects x of shape (B, {self.horizon}, {self.action_dim}), got {tuple(x.shape)}"
             )
+        memories = [(first_rows(k, x.shape[0]), first_rows(v, x.shape[0])) for k, v in memories]
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        modulations = self.modulation(F.silu(self.time_embedding(t))).split(self.modulation_sizes, dim=-1)
+        t_emb = time_and_step_embedding(self, t, step)  # (B, Dt)
+        modulations = self.modulation(F.silu(t_emb)).split(self.modulation_sizes, dim=-1)
         h = self.action_in(x) + self.action_pos  # (B, T, D)
         for block, modulation, memory in zip(self.blocks, modulations, memories):
             h = block(h, modulation, memory)

@@ -24,6 +24,11 @@ parameters:
 - Inference on CPU without autograd, up to ``CPU_PLAN_MAX_ROWS`` positions (batch 32 at horizon
   16), runs ``policy.unet_cpu_inference.CpuInferencePlan``: the same network with prepacked oneDNN
   weights and far fewer ops.
+
+``step_conditioned=True`` (the factory sets it for objectives that condition on a step size, e.g.
+shortcut models) adds a second sinusoidal embedding, of the step size, summed into the timestep
+embedding; its last layer starts at zero. Without it the module has exactly Diffusion Policy's
+parameters, so existing checkpoints load unchanged.
 """
 
 from __future__ import annotations
@@ -62,6 +67,38 @@ class TimestepEmbedding(nn.Module):
         angles = t.to(torch.float32)[:, None] * freqs  # (B, dim/2)
         emb = torch.cat((angles.sin(), angles.cos()), dim=-1)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+def step_embedding(dim: int) -> TimestepEmbedding:
+    """A second scalar embedding (step size) whose last layer starts at zero, so it first leaves the denoiser as is."""
+    embedding = TimestepEmbedding(dim)
+    nn.init.zeros_(embedding.mlp[-1].weight)
+    nn.init.zeros_(embedding.mlp[-1].bias)
+    return embedding
+
+
+def first_rows(bound: Tensor, rows: int) -> Tensor:
+    """The first ``rows`` rows of a tensor precomputed for a bound batch (B, ...); ValueError if rows > B."""
+    if rows > bound.shape[0]:
+        raise ValueError(f"x has {rows} rows but the denoiser was bound to a batch of {bound.shape[0]}")
+    return bound if rows == bound.shape[0] else bound[:rows]
+
+
+def time_and_step_embedding(denoiser: nn.Module, t: Tensor, step: Tensor | None) -> Tensor:
+    """The denoiser's timestep embedding (B, Dt) of t (B,), plus its step-size embedding of step (B,) if it has one.
+
+    Step-conditioned denoisers (``step_embedding`` not None) read step None as step size 0; the others refuse a step.
+    """
+    emb = denoiser.time_embedding(t)
+    if denoiser.step_embedding is None:
+        if step is not None:
+            raise ValueError(
+                f"{type(denoiser).__name__} was built without a step embedding; build it with step_conditioned=True "
+                "(the factory does for objectives that condition on the step size, e.g. objective=shortcut)"
+            )
+        return emb
+    step = torch.zeros_like(t) if step is None else step.expand(t.shape[0]) if step.ndim == 0 else step
+    return emb + denoiser.step_embedding(step)
 
 
 # Below this many output positions (batch x length) a CPU convolution runs faster as one matmul.
@@ -176,7 +213,9 @@ class ConditionalUnet1D(nn.Module):
         kernel_size: int = 5,
         n_groups: int = 8,
         diffusion_step_embed_dim: int = 128,
+        step_conditioned: bool = False,
     ) -> None:
+        """step_conditioned adds a step-size embedding summed into the timestep's (no parameters otherwise)."""
         super().__init__()
         down_dims = list(down_dims)
         if not down_dims:
@@ -196,6 +235,7 @@ class ConditionalUnet1D(nn.Module):
         self.n_obs_steps = n_obs_steps
         self.horizon = horizon
         self.time_embedding = TimestepEmbedding(diffusion_step_embed_dim)
+        self.step_embedding = step_embedding(diffusion_step_embed_dim) if step_conditioned else None
 
         def block(cin: int, cout: int) -> FiLMResidualBlock1D:
             return FiLMResidualBlock1D(cin, cout, kernel_size, n_groups)
@@ -244,8 +284,15 @@ class ConditionalUnet1D(nn.Module):
         """Whether bind() under no_grad/inference_mode takes the small-batch CPU inference path."""
         return device.type == "cpu" and not torch.is_grad_enabled() and batch * self.horizon <= CPU_PLAN_MAX_ROWS
 
-    def bind(self, cond: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-        """Precompute the observation part of the FiLM from cond (B, To, Dc); returns (x, t) -> x_out."""
+    def embed_time(self, t: Tensor, step: Tensor | None = None) -> Tensor:
+        """Timestep embedding (B, Dt) of t (B,), plus the step-size embedding of step (B,) when step-conditioned."""
+        return time_and_step_embedding(self, t, step)
+
+    def bind(self, cond: Tensor) -> Callable[..., Tensor]:
+        """Precompute the observation part of the FiLM from cond (B, To, Dc); returns (x, t[, step]) -> x_out.
+
+        The returned callable also takes the first B' <= B rows of the bound batch (x (B', T, Da), t (B',)).
+        """
         if cond.ndim != 3 or cond.shape[1:] != (self.n_obs_steps, self.cond_dim):
             raise ValueError(
                 f"ConditionalUnet1D expects cond of shape (B, {self.n_obs_steps}, {self.cond_dim}), "
@@ -255,20 +302,29 @@ class ConditionalUnet1D(nn.Module):
         plan = self._cpu_plans.get(self) if self.uses_cpu_plan(cond.shape[0], cond.device) else None
         return functools.partial(self._denoise, obs_film=obs_film, plan=plan)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """Denoise x (B, T, Da) at timestep t (B,) given cond (B, To, Dc) -> (B, T, Da)."""
-        return self.bind(cond)(x, t)
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, step: Tensor | None = None) -> Tensor:
+        """Denoise x (B, T, Da) at timestep t (B,) (and step size step (B,)) given cond (B, To, Dc) -> (B, T, Da)."""
+        return self.bind(cond)(x, t, step)
 
-    def _denoise(self, x: Tensor, t: Tensor, obs_film: Tensor, plan: CpuInferencePlan | None = None) -> Tensor:
+    def _denoise(
+        self,
+        x: Tensor,
+        t: Tensor,
+        step: Tensor | None = None,
+        *,
+        obs_film: Tensor,
+        plan: CpuInferencePlan | None = None,
+    ) -> Tensor:
         """Run the UNet with a precomputed observation FiLM half (B, F), on ``plan`` when given and grad is off."""
         if x.ndim != 3 or x.shape[1:] != (self.horizon, self.action_dim):
             raise ValueError(
                 f"ConditionalUnet1D expects x of shape (B, {self.horizon}, {self.action_dim}), got {tuple(x.shape)}"
             )
+        obs_film = first_rows(obs_film, x.shape[0])  # (B', F)
         if plan is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            return plan.denoise(x, t, obs_film)  # eager only: torch.compile traces the module path below
+            return plan.denoise(x, t, obs_film, step)  # eager only: torch.compile traces the module path below
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        t_emb = F.mish(self.time_embedding(t))  # (B, Dt)
+        t_emb = F.mish(self.embed_time(t, step))  # (B, Dt)
         films = iter(torch.addmm(obs_film, t_emb, self.film_time.weight.t()).split(self.film_sizes, dim=1))
 
         h = to_channels_last(x)  # (B, Da, 1, T)

@@ -158,21 +158,21 @@ class CpuInferencePlan:
         self.film_halves = [size // 2 for size in unet.film_sizes for _ in range(2)]  # [scale, bias] per block
         self._time_films: dict[tuple, Tensor] = {}  # timestep values -> their FiLM half (B, F), float32
 
-    def time_film(self, t: Tensor) -> Tensor:
-        """The timestep half of every block's FiLM for t (B,) in float32, cached per timestep values."""
-        key = (t.dtype, *t.tolist())
+    def time_film(self, t: Tensor, step: Tensor | None = None) -> Tensor:
+        """The timestep (and step-size) half of every block's FiLM for t (B,) in float32, cached per their values."""
+        key = (t.dtype, *t.tolist(), None if step is None else tuple(step.expand(t.shape).tolist()))
         film = self._time_films.get(key)
         if film is None:
             if len(self._time_films) >= MAX_CACHED_TIMESTEPS:
                 self._time_films.clear()
-            t_emb = F.mish(self.unet.time_embedding(t)).float()  # (B, Dt)
+            t_emb = F.mish(self.unet.embed_time(t, step)).float()  # (B, Dt)
             film = self._time_films[key] = F.linear(t_emb, self.unet.film_time.weight.float())  # (B, F)
         return film
 
-    def denoise(self, x: Tensor, t: Tensor, obs_film: Tensor) -> Tensor:
-        """x (B, T, Da), t (B,) or scalar, obs_film (B, F) -> (B, T, Da)."""
+    def denoise(self, x: Tensor, t: Tensor, obs_film: Tensor, step: Tensor | None = None) -> Tensor:
+        """x (B, T, Da), t (B,) or scalar, obs_film (B, F), step size (B,), scalar or None -> (B, T, Da)."""
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        film = (self.time_film(t) + obs_film).to(obs_film.dtype)  # one rounding in reduced-precision copies
+        film = (self.time_film(t, step) + obs_film).to(obs_film.dtype)  # one rounding in reduced-precision copies
         films = iter(film[:, None, :].split(self.film_halves, dim=2))  # (B, 1, C) each
         h, skips = x, []
         for block1, block2, downsample in self.down:

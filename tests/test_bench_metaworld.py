@@ -105,3 +105,12 @@ def test_bad_arguments_are_refused(args, message, capsys):
     with pytest.raises(SystemExit):
         bench_metaworld.parse_args(args)
     assert message in capsys.readouterr().err
+
+
+def test_reuse_ignores_options_added_later_at_their_neutral_value():
+    from training_runs import _without_new_neutral
+
+    stored = {"expert": {"noise_std": 0.0}, "name": "a"}
+    assert _without_new_neutral({"expert": {"noise_std": 0.0, "steps_after_success": 0}, "name": "a"}, stored) == stored
+    changed = {"expert": {"noise_std": 0.0, "steps_after_success": 10}, "name": "a"}
+    assert _without_new_neutral(changed, stored) == changed  # a new option that changes behaviour still differs

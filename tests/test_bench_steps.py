@@ -42,6 +42,7 @@ def study(tmp_path_factory) -> dict:
         extra_overrides=[*TINY, f"task.dataset_path={tmp / 'pp.zarr'}"],
         eval_every=2,
         curve_episodes=1,
+        distill_steps=2,
         progress=False,
     )
     payload = bench_steps.run_study("pick_place", **kwargs)
@@ -58,9 +59,12 @@ def test_study_writes_json_table_and_plot(study):
     assert set(rows) == expected
     assert rows[("flow", "heun", 2)]["nfe"] == 4 and rows[("flow", "midpoint", 1)]["nfe"] == 2
     assert rows[("flow", "euler", 2)]["nfe"] == 2 and rows[("ddpm", "ddpm", 100)]["nfe"] == 100
+    assert rows[("shortcut", "shortcut", 2)]["nfe"] == 2 and rows[("consistency", "consistency", 1)]["nfe"] == 1
     assert all(r["n_episodes"] == 2 and r["latency_ms_median"] > 0 for r in rows.values())
     table = (out / "steps_pick_place.md").read_text()
     assert table.count("\n| ddpm |") == 5 and table.count("\n| flow |") == 6 and "±" not in table
+    assert table.count("\n| shortcut |") == 2 and table.count("\n| consistency |") == 2
+    assert "the consistency model distilled from the flow model of its seed for 2 steps" in table
     assert "| flow | heun | 2 | 4 |" in table
     assert (out / "steps_pick_place.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -68,10 +72,10 @@ def test_study_writes_json_table_and_plot(study):
 def test_every_model_keeps_a_learning_curve_against_training_time(study):
     for run in study["payload"]["runs"]:
         curve = run["learning_curve"]
-        assert [e["step"] for e in curve] == [2, 3]  # every 2 steps and at the last one
-        assert 0 < curve[0]["train_time_s"] < curve[1]["train_time_s"] and all(
-            0 <= e["success_rate"] <= 1 for e in curve
-        )
+        expected = [2] if run["objective"] == "consistency" else [2, 3]  # every 2 steps and at the last one
+        assert [e["step"] for e in curve] == expected
+        times = [e["train_time_s"] for e in curve]
+        assert 0 < times[0] and times == sorted(set(times)) and all(0 <= e["success_rate"] <= 1 for e in curve)
     png = study["tmp"] / "results" / "steps_pick_place_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -89,6 +93,16 @@ def test_cells_of_an_objective_share_episode_seeds(study):
     assert ddpm_cfg["objective"]["_target_"].endswith("DDPM") and flow_cfg["objective"]["_target_"].endswith(
         "FlowMatching"
     )
+
+
+def test_consistency_model_is_distilled_from_the_flow_model_of_its_seed(study):
+    runs = {run["objective"]: run for run in study["payload"]["runs"]}
+    student = bench_steps.load_checkpoint(runs["consistency"]["checkpoint"])
+    assert student["step"] == 2 and Path(runs["consistency"]["checkpoint"]).parts[-3] == "consistency-flow_seed0_2steps"
+    assert bench_steps.checkpoint_config(student)["teacher"] == runs["flow"]["checkpoint"]
+    assert student["build"]["policy"] == bench_steps.load_checkpoint(runs["flow"]["checkpoint"])["build"]["policy"]
+    with pytest.raises(bench_steps.BenchmarkError, match="add flow to --objectives"):
+        bench_steps.run_study("pick_place", **{**study["kwargs"], "objectives": ["ddpm", "consistency"]})
 
 
 def test_rerun_needs_reuse_and_reuse_keeps_models_and_cells(study):

@@ -24,6 +24,11 @@ def test_every_case_is_a_valid_train_config(pair):
     assert all(cfg.task.env_id for cfg in built.values())
     if pair == "metaworld-image":
         new, old = built["new"], built["old"]
-        assert (new.policy.n_obs_steps, old.policy.n_obs_steps) == (1, 2)
+        assert (new.policy.n_obs_steps, old.policy.n_obs_steps) == (2, 2) and new.policy.horizon == 4
         assert list(new.policy.denoiser.down_dims) == [32, 64, 128] and new.policy.encoder.small_activation == "silu"
         assert new.task.env_kwargs.image_size == old.task.env_kwargs.image_size == 84
+    if pair == "push_t-state":
+        new, old = built["new"], built["old"]
+        assert new.obs == old.obs == "state" and old.amp is True and new.amp == "auto"  # auto: fp32 for low-dim
+        assert (new.training.batch_size, old.training.batch_size) == (256, 64)
+        assert list(new.policy.denoiser.down_dims) == [32, 64, 128] and new.policy.n_action_steps == 4

@@ -22,6 +22,8 @@ from policy.checkpoint import (
     set_rng_state,
 )
 from policy.chunk_policy import ChunkPolicy
+from policy.objectives import DDPM
+from policy.samplers import EulerSampler
 
 META = {"obs": {"state": {"shape": [3], "type": "low_dim"}}, "action": {"shape": [2]}}
 BUILD = {
@@ -42,9 +44,9 @@ BUILD = {
 }
 
 
-def _state(seed: int = 0) -> dict:
+def _state(seed: int = 0, build: dict = BUILD) -> dict:
     torch.manual_seed(seed)
-    policy = ChunkPolicy.from_config(BUILD["policy"], BUILD["objective"], BUILD["sampler"], META)
+    policy = ChunkPolicy.from_config(build["policy"], build["objective"], build["sampler"], META)
     g = torch.Generator().manual_seed(seed)
     policy.set_normalizer(
         Normalizer.fit(
@@ -56,7 +58,7 @@ def _state(seed: int = 0) -> dict:
     return {
         "step": 7,
         "config": config_to_yaml({"task": {"name": "t"}, "seed": 3}),
-        "build": BUILD,
+        "build": build,
         "model": policy.state_dict(),
         "ema": ema_sd,
         "rng": rng_state(),
@@ -79,6 +81,45 @@ def test_round_trip_rebuilds_the_policy_from_the_file_alone(tmp_path):
     obs = {"state": torch.randn(2, 2, 3)}
     out = raw.predict_action(obs, generator=torch.Generator().manual_seed(0))
     assert out["action"].shape == (2, 4, 2)
+
+
+FEW_STEP = {
+    "shortcut": (
+        {"_target_": "policy.shortcut.ShortcutFlow", "max_steps": 8},
+        {"_target_": "policy.samplers.ShortcutSampler", "num_steps": 1},
+    ),
+    "consistency": (
+        {
+            "_target_": "policy.consistency.ConsistencyDistillation",
+            "num_intervals": 10,
+            "teacher_objective": {"_target_": "policy.objectives.DDPM", "num_train_steps": 50},
+        },
+        {"_target_": "policy.samplers.ConsistencySampler", "num_steps": 1},
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FEW_STEP))
+def test_few_step_models_round_trip_with_their_kind_and_refuse_other_samplers(tmp_path, kind):
+    objective, sampler = FEW_STEP[kind]
+    build = {**BUILD, "objective": objective, "sampler": sampler}
+    state = _state(build=build)
+    save_checkpoint(tmp_path / "a.ckpt", state)
+    policy = ChunkPolicy.from_checkpoint(tmp_path / "a.ckpt")  # EMA weights: every one moved off its init
+    reference = ChunkPolicy.from_config(build["policy"], objective, sampler, META)
+    reference.load_state_dict(state["ema"])
+    assert policy.objective == reference.objective and policy.objective.kind == kind
+    if kind == "shortcut":
+        assert policy.denoiser.step_embedding is not None
+    else:
+        assert policy.objective.teacher_objective == DDPM(num_train_steps=50)
+    obs = {"state": torch.randn(3, 2, 3)}
+    for steps in (1, 2):
+        got = policy.predict_action(obs, num_steps=steps, generator=torch.Generator().manual_seed(0))
+        expected = reference.eval().predict_action(obs, num_steps=steps, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(got["action_pred"], expected["action_pred"])
+    with pytest.raises(ValueError, match=f"valid samplers for {kind}: {kind}"):
+        policy.predict_action(obs, sampler=EulerSampler())
 
 
 def test_rng_state_restores_the_random_stream():

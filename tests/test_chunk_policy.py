@@ -8,7 +8,8 @@ from policy.chunk_policy import ChunkPolicy
 from policy.ema import EMA
 from policy.objectives import DDPM, FlowMatching, Regression
 from policy.obs_encoder import ObsEncoder
-from policy.samplers import DDIMSampler, DDPMSampler, EulerSampler, RegressionSampler
+from policy.samplers import DDIMSampler, DDPMSampler, EulerSampler, RegressionSampler, ShortcutSampler
+from policy.shortcut import ShortcutFlow
 from policy.transformer import DiffusionTransformer
 from policy.unet import ConditionalUnet1D
 
@@ -19,13 +20,24 @@ STATE_META = {"state": {"shape": [3], "type": "low_dim"}}
 def _policy(meta=STATE_META, objective=None, sampler=None, horizon=8, transformer=False, seed=0) -> ChunkPolicy:
     torch.manual_seed(seed)
     encoder = ObsEncoder(meta, backbone="small", crop_shape=(16, 16), feature_dim=8, num_keypoints=4)
+    objective = DDPM() if objective is None else objective
+    step = getattr(objective, "step_conditioned", False)  # as policy.factory builds it
     if transformer:
         denoiser = DiffusionTransformer(
-            2, encoder.output_dim, 2, horizon, d_model=32, n_layers=2, n_heads=2, diffusion_step_embed_dim=16
+            2,
+            encoder.output_dim,
+            2,
+            horizon,
+            d_model=32,
+            n_layers=2,
+            n_heads=2,
+            diffusion_step_embed_dim=16,
+            step_conditioned=step,
         )
     else:
-        denoiser = ConditionalUnet1D(2, encoder.output_dim, 2, horizon, (32, 64), diffusion_step_embed_dim=32)
-    objective = DDPM() if objective is None else objective
+        denoiser = ConditionalUnet1D(
+            2, encoder.output_dim, 2, horizon, (32, 64), diffusion_step_embed_dim=32, step_conditioned=step
+        )
     sampler = DDIMSampler(num_steps=4) if sampler is None else sampler
     return ChunkPolicy(encoder, denoiser, objective, sampler, horizon, 2, 4, 2, meta)
 
@@ -154,12 +166,12 @@ def _bimodal_data(n=512, horizon=8):
     return modes, {"state": state, "action": modes[which]}
 
 
-def _train(policy: ChunkPolicy, data: dict, steps: int) -> ChunkPolicy:
+def _train(policy: ChunkPolicy, data: dict, steps: int, batch: int = 128) -> ChunkPolicy:
     _fit(policy, data)
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-3, weight_decay=0.0)
     g = torch.Generator().manual_seed(2)
     for _ in range(steps):
-        idx = torch.randint(0, data["action"].shape[0], (128,), generator=g)
+        idx = torch.randint(0, data["action"].shape[0], (batch,), generator=g)
         opt.zero_grad(set_to_none=True)
         policy.compute_loss({k: v[idx] for k, v in data.items()}).backward()
         opt.step()
@@ -182,6 +194,22 @@ def test_generative_policies_produce_both_modes(objective, sampler):
     nearest = dist.argmin(1)
     assert (dist.min(1).values < 0.15).float().mean() >= 0.85
     assert 0.25 <= (nearest == 0).float().mean() <= 0.75
+
+
+def test_shortcut_policy_produces_both_modes_in_one_network_call():
+    modes, data = _bimodal_data()
+    shortcut = _policy(objective=ShortcutFlow(max_steps=8), sampler=ShortcutSampler(num_steps=1))
+    policy = _train(shortcut, data, steps=300, batch=64)
+    obs = {"state": data["state"][:200]}
+    samples = policy.predict_action(obs, generator=torch.Generator().manual_seed(0))["action_pred"]
+    dist = _rms_to(samples, modes)  # (200, 2); the modes are 0.87 apart, 0.44 from their average
+    assert (dist.min(1).values < 0.3).float().mean() >= 0.75 and dist.min(1).values.median() < 0.2
+    assert 0.25 <= (dist.argmin(1) == 0).float().mean() <= 0.75
+    with torch.inference_mode():  # one Euler step of the same model's velocity (d = 0) collapses to the average
+        x = torch.randn(200, 8, 2, generator=torch.Generator().manual_seed(0))
+        euler = x - policy.denoiser.bind(policy.encode(obs))(x, torch.full((200,), 100.0), torch.zeros(200))
+        euler = policy.normalizer.unnormalize_key("action", euler)
+    assert _rms_to(euler, modes).min(1).values.median() > 0.35
 
 
 def test_regression_head_collapses_to_the_average():

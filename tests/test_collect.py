@@ -46,6 +46,22 @@ def test_collect_stores_successful_episodes_with_both_modes(tmp_path):
     assert "expert success" in format_summary(summary)
 
 
+def test_steps_after_success_extend_each_episode_past_its_first_success(tmp_path):
+    runners = [EpisodeRunner("actchunk/PushAround-v0", {"image_size": 32}, 100, None, after) for after in (0, 5)]
+    plain, extended = (runner.run(2) for runner in runners)
+    for runner in runners:
+        runner.close()
+    n = len(plain["data"]["action"])
+    assert extended["success"] and len(extended["data"]["action"]) == n + 5
+    for key, value in plain["data"].items():  # the same episode up to the first success, then 5 more steps
+        np.testing.assert_array_equal(extended["data"][key][:n], value)
+    cfg = task_cfg()
+    cfg["expert"]["steps_after_success"] = -1
+    with pytest.raises(ValueError, match="steps_after_success=-1 must be >= 0"):
+        collect(cfg, 1, tmp_path / "never.zarr", progress=False)
+    assert not (tmp_path / "never.zarr").exists()
+
+
 def test_resume_after_interrupt_neither_duplicates_nor_loses(tmp_path, monkeypatch):
     reference = tmp_path / "reference.zarr"
     collect(task_cfg(), 5, reference, seed=10, progress=False)

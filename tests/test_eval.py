@@ -1,10 +1,12 @@
 """Tests for eval.py, policy/evaluation.py and configs/eval.yaml: CLI, results fields, videos, sweeps, bad inputs."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -19,6 +21,7 @@ from envs.task_env import TaskEnv
 from policy import evaluation
 from policy.checkpoint import CheckpointError, config_to_yaml, save_checkpoint
 from policy.chunk_policy import ChunkPolicy
+from policy.execution import Execution
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -283,3 +286,87 @@ def test_checkpoint_is_required_and_its_own_sampler_takes_a_step_count_directly(
     cells, _ = eval_script.plan_cells(policy, _cfg(f"checkpoint={ckpt}", "sampler=ddim", "sampler.num_steps=3"))
     assert cells[0][0] is not policy.sampler and cells[0][0].resolve_steps(policy.objective, cells[0][1]) == 3
     assert eval_script.plan_cells(policy, _cfg(f"checkpoint={ckpt}"))[0] == [(policy.sampler, None)]
+
+
+class SlowChunks:
+    """A policy whose every chunk takes a scripted 0.25 s on a fake clock (see _scripted_clock)."""
+
+    n_obs_steps, n_action_steps, horizon, action_dim = 1, 4, 8, 2
+    obs_shapes = {"state": (1,)}
+    device = torch.device("cpu")
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    def predict_action(self, obs, *, sampler=None, num_steps=None, generator=None, guidance=None):
+        self.clock[0] += 0.25
+        chunk = torch.zeros(obs["state"].shape[0], self.horizon, 2)
+        return {"action": chunk[:, :4], "action_pred": chunk}
+
+
+def test_auto_delay_is_the_ceiling_of_measured_latency_times_fps_and_refused_when_too_long(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(evaluation.RecedingHorizonController.__module__ + ".time.perf_counter", lambda: clock[0])
+    policy = SlowChunks(clock)
+    euler = type("Euler", (), {"name": "euler"})()
+    kwargs = dict(sampler=euler, num_steps=None, obs={"state": np.zeros(1, dtype=np.float32)})
+    execution, latency = evaluation.resolve_execution(policy, Execution("rtc", delay="auto"), fps=10, **kwargs)
+    assert latency == 0.25 and execution.delay == 3 and execution.horizon == 4  # ceil(0.25 s x 10 Hz)
+    execution, _ = evaluation.resolve_execution(policy, Execution("async_blend", delay="auto"), fps=4, **kwargs)
+    assert execution.delay == 1  # exactly one step: no rounding up
+    with pytest.raises(evaluation.EvalError, match=r"^inference_delay=auto measured 250.0 ms at 80 fps: .* d=20 need"):
+        evaluation.resolve_execution(policy, Execution("rtc", delay="auto"), fps=80, **kwargs)
+
+
+def test_cli_runs_rtc_at_the_measured_delay_and_records_the_execution(ckpt, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "eval.py",
+            f"checkpoint={ckpt}",
+            "n_episodes=2",
+            "n_envs=1",
+            "n_videos=0",
+            "execution=rtc",
+            "inference_delay=auto",
+            "execution.beta=2",
+            "progress=false",
+            f"out_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["execution"] == "rtc" and res["rtc_beta"] == 2 and res["rtc_mask"] == "exp"
+    assert res["execution_horizon"] == 4 and res["auto_delay_latency_ms"] > 0
+    assert res["inference_delay"] == math.ceil(res["auto_delay_latency_ms"] / 1000 * 10 - 1e-9)  # push_around: 10 fps
+    assert res["switch_jump"] is not None and res["n_switches"] >= 2
+    assert f"| ddim | 2 | 2 | rtc | {res['inference_delay']} |" in proc.stdout
+
+
+def test_invalid_execution_combinations_are_one_line_errors(ckpt, tmp_path):
+    base = (f"checkpoint={ckpt}", f"out_dir={tmp_path}")
+    with pytest.raises(evaluation.EvalError, match=r"^execution=sync pauses the world .* \(got 3\)"):
+        eval_script.run(_cfg(*base, "inference_delay=3"))
+    with pytest.raises(evaluation.EvalError, match="no valid .* d=7 need 1 <= s, d <= s <= H - d, H = .* = 7"):
+        eval_script.run(_cfg(*base, "execution=async_naive", "inference_delay=7"))
+    with pytest.raises(evaluation.EvalError, match="execution=rtc runs with sampler euler .* got 'dpmsolver'"):
+        eval_script.run(_cfg(*base, "execution=rtc", "inference_delay=1", "sweep.samplers=[dpmsolver]"))
+    with pytest.raises(evaluation.EvalError, match="temporal_ensemble_k needs execution=sync"):
+        eval_script.run(_cfg(*base, "execution=rtc", "temporal_ensemble_k=0.1"))
+    with pytest.raises(evaluation.EvalError, match="inference_delay must be an int >= 0 or auto; got 'soon'"):
+        eval_script.run(_cfg(*base, "execution=rtc", "inference_delay=soon"))
+    assert not list(tmp_path.iterdir())
+    message = unknown_option(["checkpoint=x", "execution.beta=2"], "eval")
+    assert message == "unknown option 'execution.beta'; valid options under execution: name, horizon"
+    proc = subprocess.run(
+        [sys.executable, "eval.py", f"checkpoint={ckpt}", "inference_delay=2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "inference_delay must be 0" in proc.stderr

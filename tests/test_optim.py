@@ -48,7 +48,9 @@ def test_device_and_autocast_choices(monkeypatch):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
         assert optim.cpu_has_native_bf16() is native
         assert autocast_enabled("auto", torch.device("cpu")) is native
-    assert autocast_enabled(True, torch.device("cpu")) is True
+        assert autocast_enabled("auto", torch.device("cpu"), images=False) is False  # low-dim UNets: fp32 on CPU
+    assert autocast_enabled(True, torch.device("cpu"), images=False) is True
+    assert autocast_enabled("auto", torch.device("cuda"), images=False) is True
     assert autocast_enabled(False, torch.device("cuda")) is False
     with pytest.raises(ValueError, match="amp"):
         autocast_enabled("maybe", torch.device("cpu"))

@@ -52,12 +52,13 @@ class CountingEnv(gymnasium.Env):
 class ZeroPolicy:
     """Plans zero actions; counts calls."""
 
-    n_obs_steps, n_action_steps, action_dim = 1, 2, 1
+    horizon, n_obs_steps, n_action_steps, action_dim = 2, 1, 2, 1
     obs_shapes = {"state": (2,)}
     device = torch.device("cpu")
 
     def predict_action(self, obs, *, sampler=None, num_steps=None, generator=None):
-        return {"action": torch.zeros(obs["state"].shape[0], self.n_action_steps, 1)}
+        chunk = torch.zeros(obs["state"].shape[0], self.horizon, 1)
+        return {"action": chunk, "action_pred": chunk}
 
 
 def _make(max_steps=5, **kwargs):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
@@ -22,6 +23,8 @@ from omegaconf import OmegaConf
 from data.collect import collect
 from policy.checkpoint import load_checkpoint
 from policy.chunk_policy import ChunkPolicy
+from policy.objectives import FlowMatching
+from policy.samplers import EulerSampler
 from train import run as train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +130,37 @@ def test_state_policy_trains_in_process_and_validation_does_not_shift_the_loss(t
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
     policy = ChunkPolicy.from_checkpoint(tmp_path / "a" / "checkpoints" / "latest.ckpt")
     assert policy.obs_shapes == {"state": (6,)}
+
+
+def test_few_step_policies_train_or_distill_from_one_command_and_round_trip(tmp_path, store):
+    base = [*tiny_overrides(tmp_path, store), "obs=state", "training.max_steps=4", "training.val_every=4"]
+    teacher = train(_compose([*base, "objective=flow"]), tmp_path / "teacher", progress=False)
+    shortcut = train(
+        _compose([*base, "objective=shortcut", "objective.max_steps=8"]), tmp_path / "shortcut", progress=False
+    )
+    policy = ChunkPolicy.from_checkpoint(shortcut["latest"])
+    assert policy.objective.kind == "shortcut" and policy.sampler.name == "shortcut"
+    assert policy.denoiser.step_embedding is not None
+    obs = {"state": torch.randn(2, 2, 6)}
+    assert policy.predict_action(obs, num_steps=2)["action"].shape == (2, 4, 2)
+
+    distill = [*base, "objective=consistency", f"teacher={teacher['latest']}", "objective.num_intervals=10"]
+    student = train(_compose(distill), tmp_path / "student", progress=False)
+    ckpt = load_checkpoint(student["latest"])
+    assert ckpt["build"]["policy"] == load_checkpoint(teacher["latest"])["build"]["policy"]
+    assert set(ckpt["distiller"]["target"]) == set(ckpt["model"])
+    policy = ChunkPolicy.from_checkpoint(student["latest"])  # the student's file alone, no teacher
+    assert policy.objective.teacher_objective == FlowMatching() and policy.sampler.name == "consistency"
+    for steps in (1, 2):
+        assert policy.predict_action(obs, num_steps=steps)["action"].shape == (2, 4, 2)
+    with pytest.raises(ValueError, match="valid samplers for consistency: consistency"):
+        policy.predict_action(obs, sampler=EulerSampler())
+    resumed = train(_compose([*distill, "training.max_steps=6"]), tmp_path / "student", progress=False)
+    assert resumed["step"] == 6 and load_checkpoint(resumed["latest"])["distiller"] is not None
+    with pytest.raises(
+        ValueError, match=r"trained on \{'obs': \{'state'.* the training data here has \{'obs': \{'image'"
+    ):
+        train(_compose([*distill, "obs=image"]), tmp_path / "image", progress=False)
 
 
 def test_config_errors_name_the_problem(tmp_path, store):

@@ -68,3 +68,16 @@ def test_bad_shapes_raise_value_error():
         model(torch.randn(1, 7, 2), torch.zeros(1), torch.randn(1, 2, 5))
     with pytest.raises(ValueError, match="n_heads"):
         DiffusionTransformer(2, 5, 2, 8, d_model=30, n_heads=4)
+
+
+def test_step_conditioned_transformer_reads_the_step_and_takes_the_first_rows_of_its_batch():
+    model = _model(step_conditioned=True).eval()
+    x, t, cond = torch.randn(3, 8, 2), torch.tensor([10.0, 10.0, 10.0]), torch.randn(3, 2, 5)
+    torch.testing.assert_close(model(x, t, cond, torch.full((3,), 50.0)), model(x, t, cond))  # zero-initialized
+    with torch.no_grad():
+        model.step_embedding.mlp[-1].weight.normal_()
+    assert (model(x, t, cond, torch.full((3,), 50.0)) - model(x, t, cond)).abs().max() > 1e-4
+    step = torch.tensor([0.0, 25.0, 50.0])
+    torch.testing.assert_close(model.bind(cond)(x[:2], t[:2], step[:2]), model(x[:2], t[:2], cond[:2], step[:2]))
+    with pytest.raises(ValueError, match="without a step embedding"):
+        _model()(x, t, cond, step)

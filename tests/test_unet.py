@@ -121,3 +121,28 @@ def test_conv_weight_is_stored_channels_last_and_loads_plain_state_dicts():
     plain = {k: v.contiguous() + 1 for k, v in conv.state_dict().items()}
     conv.load_state_dict(plain)
     assert conv.weight.transpose(1, 2).is_contiguous() and torch.equal(conv.weight, plain["weight"])
+
+
+def test_step_embedding_adds_parameters_only_when_asked_and_starts_as_the_plain_network():
+    plain, stepped = _unet(), _unet(step_conditioned=True)
+    assert not any(k.startswith("step_embedding") for k in plain.state_dict())  # old checkpoints load unchanged
+    extra = set(stepped.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith("step_embedding.") for k in extra)
+    stepped.load_state_dict(plain.state_dict(), strict=False)
+    x, t, cond = torch.randn(2, 16, 2), torch.tensor([10.0, 70.0]), torch.randn(2, 2, 5)
+    torch.testing.assert_close(stepped(x, t, cond, torch.tensor([25.0, 100.0])), plain(x, t, cond))  # zero init
+    with torch.no_grad():
+        stepped.step_embedding.mlp[-1].weight.normal_()
+    assert (stepped(x, t, cond, torch.tensor([25.0, 100.0])) - plain(x, t, cond)).abs().max() > 1e-3
+    torch.testing.assert_close(stepped(x, t, cond), stepped(x, t, cond, torch.zeros(2)))  # no step: step size 0
+    with pytest.raises(ValueError, match="without a step embedding"):
+        plain(x, t, cond, torch.zeros(2))
+
+
+def test_bound_denoiser_takes_the_first_rows_of_its_batch():
+    unet = _unet()
+    x, t, cond = torch.randn(3, 16, 2), torch.tensor([3.0, 50.0, 99.0]), torch.randn(3, 2, 5)
+    bound = unet.bind(cond)
+    torch.testing.assert_close(bound(x[:2], t[:2]), unet(x[:2], t[:2], cond[:2]))
+    with pytest.raises(ValueError, match="bound to a batch of 3"):
+        bound(torch.randn(4, 16, 2), torch.zeros(4))

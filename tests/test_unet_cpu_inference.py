@@ -60,6 +60,19 @@ def test_plan_is_rebuilt_when_weights_change_and_not_copied_or_saved():
     assert copy.deepcopy(unet)._cpu_plans.plan is None
 
 
+def test_plan_matches_the_module_path_for_a_step_conditioned_unet():
+    torch.manual_seed(0)
+    unet = ConditionalUnet1D(2, 20, 2, 16, (16, 32, 64), diffusion_step_embed_dim=32, step_conditioned=True).eval()
+    with torch.no_grad():
+        unet.step_embedding.mlp[-1].weight.normal_()
+    x, t, cond = torch.randn(2, 16, 2), torch.tensor([50.0, 50.0]), torch.randn(2, 2, 20)
+    for step in (torch.tensor([25.0, 25.0]), torch.tensor([100.0, 0.0]), None):
+        reference = unet(x, t, cond, step)  # grad enabled: the module path
+        with torch.inference_mode():
+            got = unet.bind(cond)(x, t, step)  # the plan, its timestep cache keyed by the step too
+        assert unet._cpu_plans.plan is not None and (got - reference).abs().max() < 1e-4
+
+
 def test_plan_is_bypassed_under_torch_compile():
     unet = _unet((16, 32, 64))
     x, t, cond = torch.randn(1, 16, 2), torch.tensor([5.0]), torch.randn(1, 2, 20)
