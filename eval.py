@@ -6,7 +6,8 @@
 
 The hydra entry point over ``policy.evaluation``: the checkpoint alone is enough (its stored config names
 the task: env id, env kwargs, episode length, fps). Writes results.json, results.md and the videos into
-``out_dir``.
+``out_dir``. ``torchrun --nproc_per_node=N eval.py ...`` splits a sweep's cells over N processes (rank r
+evaluates cells r, r + N, ...); rank 0 writes the one results.json, identical to a single process's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from data.atomic import write_json_atomic, write_text_atomic
 from envs.task_env import TaskEnv
 from policy.checkpoint import CheckpointError, checkpoint_config, load_checkpoint
 from policy.chunk_policy import ChunkPolicy
+from policy.distributed import World, process_group
 from policy.evaluation import EvalError, cell_problem, evaluate, markdown_table, resolve_sampler
 from policy.execution import Execution
 from policy.optim import resolve_device
@@ -83,7 +85,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise EvalError(
             "checkpoint= is required, e.g. eval.py checkpoint=outputs/<date>/<time>_<name>/checkpoints/latest.ckpt"
         )
-    device = resolve_device(cfg.device)
+    world = World.current()
+    device = world.device(resolve_device(cfg.device))
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
     path = Path(cfg.checkpoint)
@@ -103,12 +106,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if execution.strategy != "sync":
         label += f"_{execution.strategy}-d{execution.delay}"
     out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else default_out_dir(path, label)
+    out_dir = Path(world.broadcast(str(out_dir)))  # rank 0's time-stamped directory
     out_dir.mkdir(parents=True, exist_ok=True)
-    for note in skipped:
+    for note in skipped if world.is_main else []:
         print(f"skipped {note}")
 
     results = []
-    for sampler, n in cells:
+    for sampler, n in cells[world.rank :: world.size]:
         name = f"{sampler.name}-{sampler.resolve_steps(policy.objective, n)}"
         results.append(
             evaluate(
@@ -123,7 +127,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 n_videos=cfg.n_videos,
                 temporal_ensemble_k=cfg.temporal_ensemble_k,
                 execution=execution,
-                progress=cfg.progress,
+                progress=cfg.progress and world.is_main,
             )
         )
         delay = "" if execution.strategy == "sync" else f" ({execution.strategy}, d={results[-1]['inference_delay']})"
@@ -131,10 +135,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"{name}{delay}: success {results[-1]['success_rate']:.2f} in {results[-1]['wall_time_s']:.1f} s",
             file=sys.stderr,
         )
+    parts = world.all_gather(results)  # rank r evaluated cells r, r + N, ...
+    results = [parts[i % world.size][i // world.size] for i in range(len(cells))]
     weights = "ema" if cfg.use_ema and ckpt.get("ema") is not None else "model"
     header = {"checkpoint": str(path), "step": int(ckpt["step"]), "weights": weights, "device": str(device)}
     payload = {**header, "cells": results, "skipped": skipped} if sweep else {**header, **results[0]}
     table = markdown_table(results)
+    if not world.is_main:
+        return payload
     write_json_atomic(out_dir / "results.json", payload)
     write_text_atomic(out_dir / "results.md", table)
     print(table)
@@ -146,11 +154,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base=None, config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point (configs/eval.yaml); bad checkpoints and settings exit with a one-line error."""
+    """Hydra entry point (configs/eval.yaml); bad checkpoints and settings exit with a one-line error (rank 0's)."""
+    world = World.from_env()
     try:
-        run(cfg)
-    except ValueError as exc:  # CheckpointError, EvalError, bad device or sampler settings
-        sys.exit(f"eval.py: error: {exc}")
+        with process_group(world, world.device(resolve_device(cfg.device)), cfg.distributed.timeout_s):
+            run(cfg)
+    except ValueError as exc:  # CheckpointError, EvalError, bad device or sampler settings: the same on every rank
+        sys.exit(f"eval.py: error: {exc}" if world.is_main else 1)
 
 
 if __name__ == "__main__":

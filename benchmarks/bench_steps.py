@@ -22,6 +22,10 @@ Writes steps_<task>.json, steps_<task>.md and steps_<task>.png to --out (default
 table. Run dirs are fixed (``<work-dir>/<task>/<objective>_seed<k>_<N>steps``, the consistency model's
 ``consistency-<teacher>_seed<k>_<N>steps``); with --reuse a finished checkpoint is not retrained, an interrupted one
 resumes, and evaluated cells (kept in the run dir) are not re-run. ``--objectives`` picks the models.
+
+Under ``torchrun --nproc_per_node=N benchmarks/bench_steps.py ...`` every model trains with DistributedDataParallel
+over the N processes, the (seed, objective, sampler, steps) cells are split over them (rank r evaluates cells r,
+r + N, ... of the cheap-first order) and rank 0 writes the one set of results.
 """
 
 from __future__ import annotations
@@ -45,10 +49,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from data.atomic import atomic_path, write_text_atomic
+from data.file_lock import FileLock
 from envs.task_env import TaskEnv
 from policy.checkpoint import checkpoint_config, load_checkpoint
 from policy.chunk_policy import ChunkPolicy
 from policy.distillation import distillation_config
+from policy.distributed import World, process_group
 from policy.evaluation import evaluate, wilson_interval
 from policy.optim import resolve_device
 from results_io import RESULTS_DIR, write_json
@@ -199,10 +205,11 @@ def evaluate_model(
                 progress=progress,
             )
             cache[key] = {k: v for k, v in result.items() if k != "videos"}
-            stored = (
-                json.loads(cache_path.read_text()) if cache_path.exists() else {}
-            )  # cells another run added meanwhile
-            write_json(cache_path, {**stored, key: cache[key]})
+            with FileLock(cache_path.with_suffix(".lock")).acquire(timeout=None):  # other ranks add cells too
+                stored = (
+                    json.loads(cache_path.read_text()) if cache_path.exists() else {}
+                )  # cells another run added meanwhile
+                write_json(cache_path, {**stored, key: cache[key]})
         results.append(cache[key])
     return results
 
@@ -378,12 +385,14 @@ def run_study(
                 run_dir = run_dir_for(Path(work_dir), task, objective, seed, train_steps)
             checkpoints[seed, objective] = train_model(cfg, run_dir, reuse, progress)
     evaluated: dict[tuple[int, str, str, int | None], dict[str, Any]] = {}
+    world = World.current()
     for seed in seeds:
         order = [
             (objective, cell) for objective in objectives for cell in planned_cells(objective, step_counts, full_chain)
         ]
         order.sort(key=lambda item: evaluation_rank(item[1]))
-        for objective, (sampler, n) in tqdm(order, desc=f"cells seed {seed}", disable=not progress):
+        mine = order[world.rank :: world.size]
+        for objective, (sampler, n) in tqdm(mine, desc=f"cells seed {seed}", disable=not (progress and world.is_main)):
             (evaluated[seed, objective, sampler, n],) = evaluate_model(
                 checkpoints[seed, objective],
                 [(sampler, n)],
@@ -391,9 +400,10 @@ def run_study(
                 n_envs=n_envs,
                 eval_seed=eval_seed,
                 reuse=reuse,
-                device=resolve_device(cfg.device),
-                progress=progress,
+                device=world.device(resolve_device(cfg.device)),
+                progress=progress and world.is_main,
             )
+    evaluated = {key: cell for part in world.all_gather(evaluated) for key, cell in part.items()}
     runs = [
         {
             "objective": objective,
@@ -442,6 +452,8 @@ def run_study(
         "rows": rows,
         "runs": runs,
     }
+    if not world.is_main:
+        return payload
     out = Path(out)
     write_json(out / f"steps_{task}.json", payload)
     write_text_atomic(out / f"steps_{task}.md", table)
@@ -489,14 +501,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reuse", action="store_true", help="keep finished checkpoints and evaluated cells in --work-dir"
     )
+    parser.add_argument(
+        "--timeout-s", type=float, default=1800, help="torchrun runs: seconds a rank waits for the others' cells"
+    )
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every model, e.g. policy.horizon=8")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run the study and print its table."""
+    """Run the study and print its table; under torchrun in its process group, rank 0 printing."""
     args = parse_args(argv)
     torch.set_num_threads(1)  # the machine is shared; one core per study
+    world = World.from_env()
+    device = world.device(resolve_device(compose_train_config([f"task={args.task}", *args.overrides]).device))
+    with process_group(world, device, args.timeout_s):
+        study(args, world)
+
+
+def study(args: argparse.Namespace, world: World) -> None:
+    """``run_study`` with the command line's arguments; one-line errors."""
     try:
         payload = run_study(
             args.task,
@@ -519,11 +542,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             distill_steps=args.distill_steps,
         )
     except BenchmarkError as exc:
-        sys.exit(f"bench_steps.py: error: {exc}")
+        sys.exit(f"bench_steps.py: error: {world.prefix}{exc}")
     except KeyboardInterrupt:
         sys.exit("bench_steps.py: stopped; rerun with --reuse to continue (finished models and cells are kept)")
-    print((args.out / f"steps_{args.task}.md").read_text())
-    print(f"wall time {payload['wall_time_s'] / 60:.1f} min; results in {args.out}/steps_{args.task}.{{json,md,png}}")
+    if world.is_main:
+        print((args.out / f"steps_{args.task}.md").read_text())
+        print(
+            f"wall time {payload['wall_time_s'] / 60:.1f} min; results in {args.out}/steps_{args.task}.{{json,md,png}}"
+        )
 
 
 if __name__ == "__main__":

@@ -131,12 +131,25 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     Epoch e is ``randperm(n)`` from a generator seeded with (seed, e), cut into full batches, so a
     run resumed at batch k sees exactly the batches an uninterrupted run would, without storing any
-    generator state.
+    generator state. ``batch_size`` is the global batch of ``world_size`` processes: process ``rank``
+    gets rows [rank * b, (rank + 1) * b) of every batch (b = batch_size / world_size), so the processes
+    together see the batches of one process, each a disjoint part.
     """
 
-    def __init__(self, n_samples: int, batch_size: int, *, seed: int = 0, start_batch: int = 0) -> None:
+    def __init__(
+        self,
+        n_samples: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if batch_size % world_size or not 0 <= rank < world_size:
+            raise ValueError(f"batch_size={batch_size} must split evenly over world_size={world_size} (rank {rank})")
         if n_samples < batch_size:
             raise ValueError(
                 f"the dataset has {n_samples} windows, fewer than batch_size={batch_size}; "
@@ -147,6 +160,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.start_batch = start_batch
         self.batches_per_epoch = n_samples // batch_size
+        self.rows = batch_size // world_size
+        self.first_row = rank * self.rows
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The sample permutation of ``epoch``."""
@@ -158,7 +173,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
         while True:
             order = self.epoch_order(epoch)
             for b in range(index, self.batches_per_epoch):
-                yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+                start = b * self.batch_size + self.first_row
+                yield order[start : start + self.rows].tolist()
             epoch, index = epoch + 1, 0
 
 
@@ -170,11 +186,16 @@ def make_train_loader(
     start_batch: int = 0,
     num_workers: int = 0,
     pin_memory: bool | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """An endless loader over ``ResumableBatchSampler`` batches starting at batch number ``start_batch``."""
+    """An endless loader over ``ResumableBatchSampler`` batches from batch number ``start_batch`` (``rank``'s rows)."""
+    sampler = ResumableBatchSampler(
+        len(dataset), batch_size, seed=seed, start_batch=start_batch, rank=rank, world_size=world_size
+    )
     return DataLoader(
         dataset,
-        batch_sampler=ResumableBatchSampler(len(dataset), batch_size, seed=seed, start_batch=start_batch),
+        batch_sampler=sampler,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),  # worker seeds; keeps the global RNG stream untouched
         collate_fn=_identity,

@@ -5,13 +5,15 @@ that opening a file never runs code from it:
 
     format, version       "actchunk.checkpoint", FORMAT_VERSION
     step                  optimizer steps taken
+    world_size            processes that trained it (torchrun; 1 for a plain train.py)
     config                the resolved training config as a YAML string
     build                 {"policy", "objective", "sampler", "shape_meta"}: what ``ChunkPolicy.from_config`` needs
     model, ema            state_dicts of the policy and of its EMA copy (ema may be None)
     ema_n_averaged        updates the EMA has averaged (its decay warmup resumes from there)
     distiller             consistency distillation's target network ({"target": state_dict}), else None
     optimizer, scheduler  state_dicts
-    rng                   {"torch": ByteTensor, "cuda": [ByteTensor, ...]}
+    rng                   {"torch": ByteTensor, "cuda": [ByteTensor, ...]} (rank 0's)
+    rank_rng              every rank's ``rng``, in rank order (latest.ckpt; None in best.ckpt)
     data                  the data order's position ({"batch": batches consumed})
     metrics               the latest validation/rollout numbers (floats)
 

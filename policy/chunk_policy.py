@@ -2,10 +2,12 @@
 
 Training: ``compute_loss(batch)`` normalizes observations and the action chunk, encodes the
 observations (random crops in training mode) and hands the objective a denoiser with the
-conditioning bound. Inference: ``predict_action(obs)`` validates the observations, encodes them
-once, binds the conditioning once (denoisers precompute their observation-only work in
-``bind``), draws the noise with the caller's generator on the model's device, runs the sampler
-and unnormalizes. Train/eval mode is the caller's (``policy.eval()`` selects centre crops).
+conditioning bound; with a ``BatchShard`` (torchrun, policy.distributed) it encodes this process's rows
+and the objective sees the whole global batch through a gathering denoiser. Inference:
+``predict_action(obs)`` validates the observations, encodes them once, binds the conditioning once
+(denoisers precompute their observation-only work in ``bind``), draws the noise with the caller's
+generator on the model's device, runs the sampler and unnormalizes. Train/eval mode is the caller's
+(``policy.eval()`` selects centre crops).
 
 ``compile_denoiser`` wraps the bound denoiser in ``torch.compile`` at inference only. On CPU the
 first call compiles for tens of seconds and ConditionalUnet1D's compiled module path is slower than
@@ -32,6 +34,7 @@ from torch import Tensor, nn
 
 from data.normalizer import Normalizer
 from policy.checkpoint import load_checkpoint
+from policy.distributed import BatchShard, global_denoiser
 from policy.factory import build_parts, load_weights, parts_from_checkpoint
 from policy.rtc import Guidance
 from policy.samplers import check_compatible
@@ -157,26 +160,36 @@ class ChunkPolicy(nn.Module):
         fresh.load_state_dict(normalizer.state_dict())
         self.normalizer = fresh.to(self.device)
 
-    def encode(self, obs: Mapping[str, Tensor]) -> Tensor:
+    def encode(self, obs: Mapping[str, Tensor], shard: BatchShard | None = None) -> Tensor:
         """Raw obs {key: (B, To, ...)} -> conditioning features (B, To, Dc); validates keys and shapes."""
         self._check_obs(obs)
         if "action" not in self.normalizer:
             raise ValueError("ChunkPolicy has no fitted normalizer; call policy.set_normalizer(Normalizer.fit(...))")
-        return self.encoder(self.normalizer.normalize({k: obs[k] for k in self.obs_shapes}))
+        normalized = self.normalizer.normalize({k: obs[k] for k in self.obs_shapes})
+        return self.encoder(normalized) if shard is None else self.encoder(normalized, shard=shard)
 
-    def loss_inputs(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """A training batch's conditioning (B, To, Dc) and normalized action chunk (B, horizon, Da), validated."""
+    def loss_inputs(self, batch: Mapping[str, Tensor], shard: BatchShard | None = None) -> tuple[Tensor, Tensor]:
+        """A training batch's conditioning (B, To, Dc) and normalized action chunk (B, horizon, Da), validated.
+
+        ``shard``: the batch is this process's rows of a global batch split over processes (policy.distributed); the
+        conditioning is then of these rows (random crops drawn for the whole global batch), the chunk the global one.
+        """
         action = batch.get("action")
         expected = (self.horizon, self.action_dim)
         if action is None or action.ndim != 3 or tuple(action.shape[1:]) != expected:
             got = None if action is None else tuple(action.shape)
             raise ValueError(f"batch['action'] must have shape (B, {expected[0]}, {expected[1]}); got {got}")
-        return self.encode(batch), self.normalizer.normalize_key("action", action)
+        cond = self.encode(batch, shard)  # (B, To, Dc), this rank's rows
+        action = self.normalizer.normalize_key("action", action)  # (B, horizon, Da)
+        return cond, action if shard is None else shard.gather(action)
 
-    def compute_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Scalar training loss for a batch {obs keys: (B, To, ...), "action": (B, horizon, Da)}."""
-        cond, action_norm = self.loss_inputs(batch)
-        return self.objective.loss(self.denoiser.bind(cond), action_norm)
+    def compute_loss(self, batch: Mapping[str, Tensor], shard: BatchShard | None = None) -> Tensor:
+        """Scalar training loss for a batch {obs keys: (B, To, ...), "action": (B, horizon, Da)}.
+
+        With ``shard`` the objective draws its noise for, and averages over, the whole global batch, as one process.
+        """
+        cond, action_norm = self.loss_inputs(batch, shard)
+        return self.objective.loss(global_denoiser(self.denoiser.bind(cond), shard), action_norm)
 
     def predict_action(
         self,

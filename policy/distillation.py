@@ -26,6 +26,7 @@ from torch import Tensor
 
 from policy.checkpoint import CheckpointError, load_checkpoint
 from policy.chunk_policy import ChunkPolicy
+from policy.distributed import BatchShard, global_denoiser
 from policy.objectives import DDPM, FlowMatching
 
 TEACHER_KINDS = (DDPM.kind, FlowMatching.kind)
@@ -111,18 +112,21 @@ class ConsistencyDistiller:
         self.target.to(device)
         return self
 
-    def loss(self, student: ChunkPolicy, batch: Mapping[str, Tensor]) -> Tensor:
-        """The distillation loss of ``student`` on a batch {obs keys: (B, To, ...), "action": (B, H, Da)}."""
-        cond, action = student.loss_inputs(batch)  # (B, To, Dc), (B, H, Da) normalized
+    def loss(self, student: ChunkPolicy, batch: Mapping[str, Tensor], shard: BatchShard | None = None) -> Tensor:
+        """The distillation loss of ``student`` on a batch {obs keys: (B, To, ...), "action": (B, H, Da)}.
+
+        ``shard``: the batch is this process's rows of a global batch (torchrun), as in ``ChunkPolicy.compute_loss``.
+        """
+        cond, action = student.loss_inputs(batch, shard)  # (B, To, Dc), (B, H, Da) normalized
         with torch.no_grad():
-            teacher_cond = self.teacher.encode(batch)
-            target_cond = self.target.encode(batch)
+            teacher_cond = self.teacher.encode(batch, shard)
+            target_cond = self.target.encode(batch, shard)
         # bound outside no_grad: the UNet would otherwise take its inference plan, rebuilt for the target every step
         return student.objective.loss(
-            student.denoiser.bind(cond),
+            global_denoiser(student.denoiser.bind(cond), shard),
             action,
-            teacher=self.teacher.denoiser.bind(teacher_cond),
-            target=self.target.denoiser.bind(target_cond),
+            teacher=global_denoiser(self.teacher.denoiser.bind(teacher_cond), shard),
+            target=global_denoiser(self.target.denoiser.bind(target_cond), shard),
         )
 
     @torch.no_grad()

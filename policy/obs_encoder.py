@@ -10,7 +10,10 @@ normalized by the policy's normalizer) are concatenated after the image features
 The crop is our own rather than robomimic's ``CropRandomizer``: it cuts the (N, H, W, 3) images
 the normalizer hands over with one slice per image before the permute to channels-first (robomimic's needs
 CHW input and adds a crop dimension for its multi-crop averaging, which is not used here). Random
-crop offsets are drawn per image in training mode; in eval mode the crop is centred.
+crop offsets are drawn per image in training mode; in eval mode the crop is centred. With a ``BatchShard``
+(a global batch split over processes, policy.distributed) the offsets are drawn for the whole global batch and
+cut to this process's rows, so every image gets the crop it gets in a one-process run; so is the keypoint
+noise robomimic's SpatialSoftmax draws in training (``randn_like`` times ``noise_std``, drawn even at 0).
 
 robomimic reads optional user settings from a ``robomimic.macros_private`` module and prints a 5-line
 "No private macro file found!" banner on import when there is none; an empty one (robomimic's defaults)
@@ -27,6 +30,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from policy.distributed import BatchShard
 from policy.mish import Mish
 
 sys.modules.setdefault("robomimic.macros_private", types.ModuleType("robomimic.macros_private"))
@@ -78,6 +82,25 @@ class SmallConvTrunk(nn.Module):
         return self.nets(x)
 
 
+class SpatialKeypoints(SpatialSoftmax):
+    """robomimic's SpatialSoftmax whose training-time keypoint noise can be drawn for a global batch (BatchShard)."""
+
+    def forward(self, feature: Tensor, shard: BatchShard | None = None, blocks: int = 1) -> Tensor:
+        """(N, C, H, W) -> (N, K, 2) keypoints; ``blocks`` equal groups of the shard's rows when cameras share it."""
+        if shard is None or not self.training:
+            return super().forward(feature)
+        self.train(False)
+        try:
+            keypoints = super().forward(feature)  # (N, K, 2), the noise left out
+        finally:
+            self.train(True)
+
+        def draw(count: int) -> Tensor:  # what randn_like draws for the global batch's keypoints
+            return torch.randn((count, *keypoints.shape[1:]), dtype=keypoints.dtype, device=keypoints.device)
+
+        return keypoints + shard.take(draw, len(keypoints), blocks) * self.noise_std
+
+
 class ImageEncoder(nn.Module):
     """Trunk -> SpatialSoftmax keypoints -> Linear: (N, 3, H, W) float images -> (N, feature_dim)."""
 
@@ -101,15 +124,24 @@ class ImageEncoder(nn.Module):
         else:
             raise ValueError(f"unknown image backbone {backbone!r}; use one of {BACKBONES}")
         feature_shape = self.trunk.output_shape([3, *image_hw])
-        self.keypoints = SpatialSoftmax(feature_shape, num_kp=num_keypoints)
+        self.keypoints = SpatialKeypoints(feature_shape, num_kp=num_keypoints)
         self.project = nn.Linear(num_keypoints * 2, feature_dim)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """(N, 3, H, W) -> (N, feature_dim)."""
-        return self.project(self.keypoints(self.trunk(images)).flatten(1))
+    def forward(self, images: Tensor, shard: BatchShard | None = None, blocks: int = 1) -> Tensor:
+        """(N, 3, H, W) -> (N, feature_dim); ``shard``/``blocks`` as in ``SpatialKeypoints``."""
+        return self.project(self.keypoints(self.trunk(images), shard, blocks).flatten(1))
 
 
-def crop_images(images: Tensor, crop_hw: tuple[int, int], random: bool) -> Tensor:
+def _offsets(high: int, n: int, device: torch.device, shard: BatchShard | None) -> list[int]:
+    """``n`` random crop offsets in [0, high); with a shard, drawn for its whole global batch and cut to its rows."""
+
+    def draw(count: int) -> Tensor:
+        return torch.randint(0, high, (count, 1, 1), device=device).view(-1)
+
+    return (draw(n) if shard is None else shard.take(draw, n)).tolist()
+
+
+def crop_images(images: Tensor, crop_hw: tuple[int, int], random: bool, shard: BatchShard | None = None) -> Tensor:
     """Crop (N, H, W, C) images to (N, h, w, C): per-image random offsets, or the centre."""
     n, height, width, _ = images.shape
     ch, cw = crop_hw
@@ -118,8 +150,8 @@ def crop_images(images: Tensor, crop_hw: tuple[int, int], random: bool) -> Tenso
     if not random:
         top, left = (height - ch) // 2, (width - cw) // 2
         return images[:, top : top + ch, left : left + cw]
-    top = torch.randint(0, height - ch + 1, (n, 1, 1), device=images.device).view(-1).tolist()
-    left = torch.randint(0, width - cw + 1, (n, 1, 1), device=images.device).view(-1).tolist()
+    top = _offsets(height - ch + 1, n, images.device, shard)
+    left = _offsets(width - cw + 1, n, images.device, shard)
     # One slice per image copies whole rows; an advanced-index gather computes an index per pixel (10x slower).
     return torch.stack([images[i, t : t + ch, s : s + cw] for i, (t, s) in enumerate(zip(top, left))])  # (N, h, w, C)
 
@@ -182,20 +214,24 @@ class ObsEncoder(nn.Module):
             )
         self.output_dim = feature_dim * len(self.rgb_keys) + low_dim
 
-    def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
-        """Normalized obs {rgb: (B, To, H, W, 3) float, low_dim: (B, To, D)} -> (B, To, output_dim)."""
+    def forward(self, obs: Mapping[str, Tensor], shard: BatchShard | None = None) -> Tensor:
+        """Normalized obs {rgb: (B, To, H, W, 3) float, low_dim: (B, To, D)} -> (B, To, output_dim).
+
+        ``shard``: the batch is this process's rows of a global batch; random crops are drawn for all of it.
+        """
         first = obs[(self.rgb_keys or self.low_dim_keys)[0]]
         batch, steps = first.shape[:2]
         features: list[Tensor] = []
         if self.rgb_keys:
             crops = [
-                crop_images(obs[key].flatten(0, 1), self.crop_hw[key], self.training).permute(0, 3, 1, 2)
+                crop_images(obs[key].flatten(0, 1), self.crop_hw[key], self.training, shard).permute(0, 3, 1, 2)
                 for key in self.rgb_keys
             ]  # each (B * To, 3, h, w), channels-last in memory
             if self.share_rgb_model:
-                encoded = self.image_encoders[self.rgb_keys[0]](torch.cat(crops)).chunk(len(crops))
+                shared = self.image_encoders[self.rgb_keys[0]]
+                encoded = shared(torch.cat(crops), shard, len(crops)).chunk(len(crops))
             else:
-                encoded = [self.image_encoders[key](img) for key, img in zip(self.rgb_keys, crops)]
+                encoded = [self.image_encoders[key](img, shard) for key, img in zip(self.rgb_keys, crops)]
             features += [f.view(batch, steps, -1) for f in encoded]
         features += [obs[key] for key in self.low_dim_keys]
         return torch.cat(features, dim=-1) if len(features) > 1 else features[0]

@@ -8,6 +8,8 @@ else under the old run's name, so resuming refuses it and names the keys. Only r
 - ``training.log_every``, ``training.val_every``, ``training.val_batches``, ``training.checkpoint_every``
 - every ``rollout.*`` setting (periodic evaluation only)
 - ``device``, ``amp``, ``dataset.num_workers``, ``dataset.collect_workers`` (where and how fast, not what)
+- ``distributed.*`` (the collective timeout and the recorded world size; the training loop itself refuses to
+  resume a checkpoint with another number of processes, since it holds each process's random state)
 - ``resume``, ``output_root``, ``name`` (how the run directory was found)
 
 A key present on one side only counts as a change, so a config from an older actchunk that lacks a key
@@ -30,6 +32,7 @@ SAFE_TO_CHANGE = (
     "amp",
     "dataset.num_workers",
     "dataset.collect_workers",
+    "distributed",
     "resume",
     "output_root",
     "name",

@@ -11,6 +11,15 @@ checked (``check_config``) before anything is loaded. SIGINT/SIGTERM finish the 
 A distilled objective (``objective=consistency teacher=<checkpoint>``, policy.distillation) trains in the same loop:
 the student starts as the teacher, its loss comes from a ``ConsistencyDistiller`` whose EMA target follows every
 optimizer step and is saved in the checkpoint (``distiller``).
+
+Under torchrun (a ``World`` of N processes, policy.distributed) every rank runs this loop on its rows of each
+global batch (``training.batch_size`` is the global batch) inside DistributedDataParallel. Rank 0 alone owns the
+run directory: it fits the normalizer and reads the resume state and sends them to the others, and it alone
+keeps the EMA, validates, rolls out, logs and writes checkpoints (every rank waits for a ``latest.ckpt`` write to
+finish). The ranks draw identical random streams (rank-0-only work forks its own), so the global batch's noise
+is the same on all of them and the run matches one process with the same batch; each checkpoint holds every
+rank's RNG state and the world size, and a resume must use the same number of processes. A signal to any rank
+stops every rank after the same step.
 """
 
 from __future__ import annotations
@@ -18,23 +27,30 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from tqdm import tqdm
 
 from data.atomic import write_text_atomic
 from data.dataset import SequenceDataset, TrainingData, make_train_loader
+from data.normalizer import Normalizer
 from policy.checkpoint import CheckpointError, config_to_yaml, rng_state, save_checkpoint, set_rng_state
 from policy.chunk_policy import ChunkPolicy
 from policy.distillation import ConsistencyDistiller, distillation_config, load_teacher
+from policy.distributed import BatchShard, World
 from policy.ema import EMA
 from policy.evaluation import EnvTask, evaluate
 from policy.optim import autocast, autocast_enabled, make_optimizer, make_scheduler, resolve_device
 from policy.run_dir import RunDir
 from policy.run_log import RunLog, plot_losses
+
+# (policy, batch, shard) -> scalar loss: ChunkPolicy.compute_loss or ConsistencyDistiller.loss
+LossFn = Callable[[ChunkPolicy, Mapping[str, torch.Tensor], BatchShard | None], torch.Tensor]
 
 POSITIVE_SETTINGS = (
     "training.max_steps",
@@ -66,6 +82,20 @@ class StopRequested:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
+
+
+class TrainingLoss(nn.Module):
+    """The policy's training loss as a module's forward, the call DistributedDataParallel syncs gradients on."""
+
+    def __init__(self, policy: ChunkPolicy, loss_fn: LossFn, shard: BatchShard | None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.loss_fn = loss_fn  # ChunkPolicy.compute_loss, or a distiller's loss
+        self.shard = shard  # this rank's rows of each global batch (None: one process)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar loss of the (global) batch whose rows ``batch`` holds."""
+        return self.loss_fn(self.policy, batch, self.shard)
 
 
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -123,12 +153,24 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_config(cfg: DictConfig) -> None:
-    """ValueError naming the first bad setting (counts, intervals, rollouts, split, device, amp) before any work."""
+def check_config(cfg: DictConfig, world_size: int = 1) -> None:
+    """ValueError naming the first bad setting (counts, intervals, rollouts, split, device, amp) before any work.
+
+    ``world_size`` processes split ``training.batch_size`` (the global batch), which must divide evenly.
+    """
     for key in POSITIVE_SETTINGS:
         value = OmegaConf.select(cfg, key)
         if not _is_int(value) or value < 1:
             raise ValueError(f"{key}={value!r} must be an integer >= 1")
+    batch = cfg.training.batch_size
+    if batch % world_size:
+        raise ValueError(
+            f"training.batch_size={batch} is the global batch and must split evenly over the {world_size} "
+            f"processes; use a multiple of {world_size}, e.g. {-(-batch // world_size) * world_size}"
+        )
+    timeout = cfg.distributed.timeout_s
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ValueError(f"distributed.timeout_s={timeout!r} must be a number of seconds > 0")
     if not _is_int(cfg.training.warmup_steps) or cfg.training.warmup_steps < 0:
         raise ValueError(f"training.warmup_steps={cfg.training.warmup_steps!r} must be an integer >= 0")
     if not _is_int(cfg.rollout.every) or cfg.rollout.every < 0:
@@ -145,60 +187,108 @@ def check_config(cfg: DictConfig) -> None:
 
 def train(
     cfg: DictConfig,
-    run_dir: Path | RunDir,
+    run_dir: Path | RunDir | None,
     data: TrainingData,
     *,
     rollout_task: EnvTask | None = None,
     progress: bool = True,
+    world: World | None = None,
 ) -> dict[str, Any]:
     """Train per ``cfg`` in ``run_dir`` (resuming from its latest.ckpt if present); return a summary.
 
-    ``run_dir`` is a path (opened and locked here) or a ``RunDir`` the caller holds already.
-    ``rollout_task`` is the env of the periodic rollouts (``cfg.rollout.every > 0``).
+    ``run_dir`` is a path (opened and locked here) or a ``RunDir`` the caller holds already; only rank 0 uses it.
+    ``rollout_task`` is the env of the periodic rollouts (``cfg.rollout.every > 0``). ``world`` is this process's
+    place in a torchrun job (default: the initialized process group's, else one process).
     """
-    if isinstance(run_dir, RunDir):
-        return _train_session(cfg, run_dir, data, rollout_task, progress)
-    check_config(cfg)
-    with RunDir.open(cfg, run_dir) as session:
-        return _train_session(cfg, session, data, rollout_task, progress)
+    world = World.current() if world is None else world
+    with ExitStack() as stack:
+        with world.main_first():  # a bad setting or run dir ends rank 0 with its message, the others quietly
+            check_config(cfg, world.size)
+            if world.is_main and not isinstance(run_dir, RunDir):
+                run_dir = stack.enter_context(RunDir.open(cfg, run_dir))
+        return _train_session(cfg, run_dir if world.is_main else None, data, rollout_task, progress, world)
 
 
-def _train_session(
-    cfg: DictConfig, session: RunDir, data: TrainingData, rollout_task: EnvTask | None, progress: bool
+def _start_state(
+    cfg: DictConfig,
+    session: RunDir,
+    data: TrainingData,
+    policy: ChunkPolicy,
+    rollout_task: EnvTask | None,
+    world: World,
+    fit: bool,
 ) -> dict[str, Any]:
-    """``train`` in the locked, checked run directory ``session``."""
+    """Rank 0's start of a session, sent to every rank: checks, the fitted normalizer (if ``fit``), resume state."""
     if cfg.rollout.every > 0 and rollout_task is None:
         raise ValueError(
             "rollout.every > 0 needs the task's env for rollouts; pass rollout_task or set rollout.every=0"
         )
-    shape_meta = dict(data.shape_meta)
-    train_set, val_set = data.train_set, data.val_set
-    resume, latest, run_dir = session.checkpoint, session.latest, session.path
-    ckpt_dir = run_dir / "checkpoints"
+    resume, latest = session.checkpoint, session.latest
     if resume is not None:
-        print(f"resuming {run_dir} from step {resume['step']}")
-        if resume["build"]["shape_meta"] != shape_meta:
+        print(f"resuming {session.path} from step {resume['step']}")
+        if resume["build"]["shape_meta"] != dict(data.shape_meta):
             raise CheckpointError(
                 f"{latest} was trained on {resume['build']['shape_meta']}, this config has "
-                f"{shape_meta}; use a new run dir"
+                f"{dict(data.shape_meta)}; use a new run dir"
             )
+        trained_by = resume.get("world_size", 1)
+        if trained_by != world.size:
+            raise CheckpointError(
+                f"{latest} was trained by {trained_by} process(es) and holds each one's random state; resume it "
+                f"with {trained_by} (this run has {world.size}) or use a new run dir"
+            )
+    return {
+        "run_dir": str(session.path),
+        "normalizer": data.train_set.get_normalizer(policy.normalizer_modes()).state_dict() if fit else None,
+        "resume": None if resume is None else {k: v for k, v in resume.items() if k != "ema"},  # EMA: rank 0's
+    }
+
+
+def _check_lockstep(streams: list[torch.Tensor], step: int) -> None:
+    """RuntimeError naming the ranks whose training random stream left rank 0's (they must draw the same noise)."""
+    off = [rank for rank, stream in enumerate(streams) if not torch.equal(stream, streams[0])]
+    if off:
+        raise RuntimeError(
+            f"at step {step} the random streams of ranks {off} differ from rank 0's: a rank drew random numbers "
+            "the others did not, so the ranks no longer draw the same noise for the global batch"
+        )
+
+
+def _train_session(
+    cfg: DictConfig,
+    session: RunDir | None,
+    data: TrainingData,
+    rollout_task: EnvTask | None,
+    progress: bool,
+    world: World,
+) -> dict[str, Any]:
+    """``train`` in the locked, checked run directory ``session`` (rank 0; None on the other ranks)."""
+    shape_meta = dict(data.shape_meta)
+    train_set, val_set = data.train_set, data.val_set
+    main = world.is_main
     cfg, teacher_ckpt = distillation_config(cfg)
     teacher = None if teacher_ckpt is None else load_teacher(cfg.teacher, teacher_ckpt, shape_meta)
-    if teacher is not None:
+    if teacher is not None and main:
         print(f"distilling {cfg.teacher}: the student starts from its policy config, weights and normalizer")
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = world.device(resolve_device(cfg.device))
 
     policy = ChunkPolicy.from_config(cfg.policy, cfg.objective, cfg.sampler, shape_meta)
     use_amp = autocast_enabled(cfg.amp, device, images="rgb" in policy.obs_types.values())
+    start = world.from_main(lambda: _start_state(cfg, session, data, policy, rollout_task, world, teacher is None))
+    run_dir = Path(start["run_dir"])
+    latest = run_dir / "checkpoints" / "latest.ckpt"
+    resume = session.checkpoint if main else start["resume"]
     if teacher is None:
-        policy.set_normalizer(train_set.get_normalizer(policy.normalizer_modes()))
+        normalizer = Normalizer()
+        normalizer.load_state_dict(start["normalizer"])
+        policy.set_normalizer(normalizer)
     else:
         policy.load_state_dict(teacher.state_dict())
     policy.to(device)
     distiller = None if teacher is None else ConsistencyDistiller(teacher, policy).to(device)
     compute_loss = ChunkPolicy.compute_loss if distiller is None else distiller.loss
-    ema = EMA(policy, power=cfg.ema.power, max_value=cfg.ema.max_value) if cfg.ema.enabled else None
+    ema = EMA(policy, power=cfg.ema.power, max_value=cfg.ema.max_value) if cfg.ema.enabled and main else None
     optimizer = make_optimizer(
         policy.parameters(), cfg.training.lr, cfg.training.betas, cfg.training.weight_decay, device
     )
@@ -223,8 +313,10 @@ def _train_session(
     prior_train_time = 0.0 if resume is None else float(resume["metrics"].get("train_time_s", 0.0))
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", config_to_yaml(resolved))
+    resolved["distributed"]["world_size"] = world.size
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", config_to_yaml(resolved))
     build = {
         "policy": resolved["policy"],
         "objective": resolved["objective"],
@@ -232,11 +324,13 @@ def _train_session(
         "shape_meta": shape_meta,
     }
 
-    def checkpoint(path: Path, metrics: dict[str, float]) -> None:
+    def save(path: Path, metrics: dict[str, float], rank_rng: list[dict[str, Any]] | None) -> None:
+        """Rank 0: write a checkpoint of this step (``rank_rng``: every rank's RNG state, for resuming)."""
         save_checkpoint(
             path,
             {
                 "step": step,
+                "world_size": world.size,
                 "config": config_to_yaml(resolved),
                 "build": build,
                 "model": policy.state_dict(),
@@ -246,24 +340,40 @@ def _train_session(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
+                "rank_rng": rank_rng,
                 "data": {"batch": step},
                 "metrics": {**metrics, "best_success": best_success, "train_time_s": train_time()},
             },
         )
 
+    def save_latest(metrics: dict[str, float]) -> None:
+        """Every rank: hand rank 0 its RNG state, rank 0 writes latest.ckpt, all wait until the file is complete."""
+        stream = torch.get_rng_state() if device.type != "cuda" else torch.cuda.get_rng_state(device)
+        states = world.all_gather((rng_state(), stream))
+        _check_lockstep([s for _, s in states], step)
+        if main:
+            save(latest, metrics, [state for state, _ in states])
+        world.barrier()
+
     eval_policy = ema.module if ema is not None else policy
-    log = RunLog(run_dir, step)
+    log = RunLog(run_dir, step) if main else None
     loader = make_train_loader(
         train_set,
         batch_size=cfg.training.batch_size,
         seed=cfg.seed,
         start_batch=step,
         num_workers=cfg.dataset.num_workers,
+        rank=world.rank,
+        world_size=world.size,
     )
-    print(
-        f"run dir {run_dir}\n{len(train_set)} training windows, {len(val_set)} validation windows, "
-        f"{sum(p.numel() for p in policy.parameters()):,} parameters, device {device}, bf16 autocast {use_amp}"
-    )
+    shard = BatchShard.of(world, cfg.training.batch_size) if world.distributed else None
+    loss_of = world.wrap(TrainingLoss(policy, compute_loss, shard), device)
+    if main:
+        print(
+            f"run dir {run_dir}\n{len(train_set)} training windows, {len(val_set)} validation windows, "
+            f"{sum(p.numel() for p in policy.parameters()):,} parameters, device {device}, bf16 autocast {use_amp}"
+            + (f", {world.size} processes" if world.distributed else "")
+        )
     metrics: dict[str, float] = {}
     policy.train()
     start_step, start_time = step, time.perf_counter()
@@ -273,16 +383,23 @@ def _train_session(
         """Training seconds over all sessions of this run, validation and rollouts excluded."""
         return prior_train_time + time.perf_counter() - start_time - eval_time
 
-    bar = tqdm(total=cfg.training.max_steps, initial=step, desc=f"train {cfg.name}", unit="step", disable=not progress)
+    bar = tqdm(
+        total=cfg.training.max_steps,
+        initial=step,
+        desc=f"train {cfg.name}",
+        unit="step",
+        disable=not (progress and main),
+    )
     stopped = None
     with StopRequested() as stop:
         batches = iter(loader)
         if resume is not None:  # restored last, so nothing above shifts the random stream
-            set_rng_state(resume["rng"])
-        while step < cfg.training.max_steps and stop.signum is None:
+            set_rng_state((resume.get("rank_rng") or [resume["rng"]])[world.rank])
+        signum = 0
+        while step < cfg.training.max_steps and not (signum := world.max(stop.signum or 0, device)):
             batch = to_device(next(batches), device)
             with autocast(device, use_amp):
-                loss = compute_loss(policy, batch)
+                loss = loss_of(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {loss.item()} at step {step}; lower training.lr or check the data"
@@ -298,44 +415,46 @@ def _train_session(
                 ema.update_parameters(policy)
             step += 1
             bar.update(1)
-            records: dict[str, float | None] = {}
-            if step % cfg.training.log_every == 0 or step == cfg.training.max_steps:
-                rate = (step - start_step) / (train_time() - prior_train_time)
-                records.update(
-                    loss=loss.item(),
-                    lr=scheduler.get_last_lr()[0],
-                    grad_norm=float(grad_norm),
-                    steps_per_s=rate,
-                    train_time_s=train_time(),
-                )
-                bar.set_postfix(loss=f"{loss.item():.4f}", steps_s=f"{rate:.1f}")
-            eval_start = time.perf_counter()
-            if step % cfg.training.val_every == 0 or step == cfg.training.max_steps:
-                records["val_loss"] = validation_loss(eval_policy, val_set, cfg, device, compute_loss)
-            rollout_due = cfg.rollout.every > 0 and (step % cfg.rollout.every == 0 or step == cfg.training.max_steps)
-            if rollout_due:
-                records["train_time_s"] = train_time() - (time.perf_counter() - eval_start)
-                results = rollout_success(eval_policy, rollout_task, cfg, step, run_dir)
-                records["success_rate"] = results["success_rate"]
-                records["mean_max_reward"] = results["mean_max_reward"]
-                if results["normalized_score"] is not None:
-                    records["normalized_score"] = results["normalized_score"]
-                if results["success_rate"] > best_success:
-                    best_success = results["success_rate"]
-                    metrics = {"success_rate": best_success}
-                    checkpoint(ckpt_dir / "best.ckpt", metrics)
-            eval_time += time.perf_counter() - eval_start
-            if records:
-                log.write(step, **records)
-                metrics.update({k: v for k, v in records.items() if v is not None})
+            if main:
+                records: dict[str, float | None] = {}
+                if step % cfg.training.log_every == 0 or step == cfg.training.max_steps:
+                    rate = (step - start_step) / (train_time() - prior_train_time)
+                    records.update(
+                        loss=loss.item(),
+                        lr=scheduler.get_last_lr()[0],
+                        grad_norm=float(grad_norm),
+                        steps_per_s=rate,
+                        train_time_s=train_time(),
+                    )
+                    bar.set_postfix(loss=f"{loss.item():.4f}", steps_s=f"{rate:.1f}")
+                eval_start = time.perf_counter()
+                if step % cfg.training.val_every == 0 or step == cfg.training.max_steps:
+                    records["val_loss"] = validation_loss(eval_policy, val_set, cfg, device, compute_loss)
+                every = cfg.rollout.every
+                if every > 0 and (step % every == 0 or step == cfg.training.max_steps):
+                    records["train_time_s"] = train_time() - (time.perf_counter() - eval_start)
+                    results = rollout_success(eval_policy, rollout_task, cfg, step, run_dir)
+                    records["success_rate"] = results["success_rate"]
+                    records["mean_max_reward"] = results["mean_max_reward"]
+                    if results["normalized_score"] is not None:
+                        records["normalized_score"] = results["normalized_score"]
+                    if results["success_rate"] > best_success:
+                        best_success = results["success_rate"]
+                        metrics = {"success_rate": best_success}
+                        save(run_dir / "checkpoints" / "best.ckpt", metrics, None)
+                eval_time += time.perf_counter() - eval_start
+                if records:
+                    log.write(step, **records)
+                    metrics.update({k: v for k, v in records.items() if v is not None})
             if step % cfg.training.checkpoint_every == 0 or step == cfg.training.max_steps:
-                checkpoint(latest, metrics)
-        if stop.signum is not None:
-            checkpoint(latest, metrics)
-            stopped = signal.Signals(stop.signum).name
+                save_latest(metrics)
+        if signum:
+            save_latest(metrics)
+            stopped = signal.Signals(signum).name
     bar.close()
-    log.close()
-    plot_losses(log.path, run_dir / "loss.png")
+    if main:
+        log.close()
+        plot_losses(log.path, run_dir / "loss.png")
     summary = {
         "run_dir": str(run_dir),
         "step": step,
