@@ -6,7 +6,9 @@ store of ``--demos`` expert demonstrations, rolling the EMA policy out every ``-
 ``--curve-episodes`` episodes for the learning curve. The final checkpoint is then evaluated on ``--episodes``
 fresh episodes (env seeds ``--eval-seed + i``; the curve's episodes are the first of them). The score is
 Diffusion Policy's: the max over an episode of coverage / 0.95 clipped to 1, averaged over episodes
-(``normalized score``), beside the success rate (coverage >= 0.95 at any step) and the issue's goals.
+(``normalized score``), beside the success rate (coverage >= 0.95 at any step) and the issue's goals. The
+final checkpoint is also evaluated replanning after ``--ablate-n-action-steps`` actions (an inference choice,
+no retraining), on the same episodes.
 
 Usage (from the repo root):
     python benchmarks/bench_push_t.py --obs state image --objectives flow --seeds 0 --reuse
