@@ -205,7 +205,9 @@ class RecedingHorizonController:
         if not guided.any():
             return None
         d, s, length = self.execution.delay, self.execution.horizon, self.chunk_length
-        aligned, _ = align(self._plan[envs], self._clock[envs] - self._plan_start[envs])  # (n, H, Da)
+        offset = np.where(guided, self._clock[envs] - self._plan_start[envs], 0)  # fresh envs: their old plan unread
+        aligned, _ = align(self._plan[envs], offset)  # (n, H, Da)
+        aligned[~guided] = 0
         start, horizon = self.n_obs_steps - 1, int(self.policy.horizon)
         target = np.zeros((len(envs), horizon, aligned.shape[2]), dtype=np.float32)  # (n, horizon, Da)
         target[:, start : start + length] = aligned

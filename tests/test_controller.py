@@ -225,3 +225,17 @@ def test_invalid_execution_settings_are_one_line_errors():
         RecedingHorizonController(policy, 1, temporal_ensemble_k=0.1, execution=Execution("rtc", delay=1))
     with pytest.raises(ValueError, match="auto must be resolved"):
         RecedingHorizonController(policy, 1, execution=Execution("rtc", delay="auto"))
+
+
+def test_an_env_restarting_while_another_replans_is_sampled_unguided():
+    policy = ScriptedChunks()
+    ctrl = RecedingHorizonController(policy, 2, execution=Execution("rtc", delay=2))
+    for t in range(17):
+        if t == 16:  # env 1's last plan started at step 12: its clock restarts at 0, far behind that plan
+            ctrl.reset(np.array([False, True]))
+        ctrl.act(_obs(t))
+    values, guidance = policy.calls[-1]
+    assert values.tolist() == [16, 1016]  # one call for both envs at step 16
+    assert guidance.frozen[0, :2].all() and not guidance.frozen[1].any()
+    assert not guidance.weights[1].any() and not guidance.target[1].any()
+    np.testing.assert_array_equal(guidance.target[0, :4, 0], [304, 305, 306, 307])  # env 0: call 3 seen from now
