@@ -55,7 +55,8 @@ def _build() -> None:
     """Create .venv-lerobot from scratch."""
     shutil.rmtree(ENV_DIR, ignore_errors=True)
     venv.create(ENV_DIR, with_pip=False)
-    purelib = Path(sysconfig.get_paths(vars={"base": str(ENV_DIR), "platbase": str(ENV_DIR)}, scheme="venv")["purelib"])
+    scheme = "venv" if "venv" in sysconfig.get_scheme_names() else "posix_prefix"
+    purelib = Path(sysconfig.get_path("purelib", scheme, vars={"base": str(ENV_DIR), "platbase": str(ENV_DIR)}))
     (purelib / "_project_venv.pth").write_text(
         "\n".join(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])) + "\n"
     )
