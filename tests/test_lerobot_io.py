@@ -22,12 +22,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from configs import compose_config
 from data.lerobot_io import main
 from data.lerobot_read import import_lerobot
 from data.lerobot_write import export_lerobot
 from data.replay_buffer import ReplayBuffer
 from data.video_io import VideoWriter, resize_rgb
 from lerobot_env import lerobot_python
+from train import run as train
 
 SIDE = Path(__file__).with_name("lerobot_side.py")
 LENGTHS = [12, 9, 15, 11, 10, 13]
@@ -250,3 +252,32 @@ def test_export_refuses_what_lerobot_cannot_hold_and_never_replaces_other_things
     assert "no integer fps attribute" in capsys.readouterr().err
     assert main(["export", str(nofps), str(tmp_path / "y"), "--fps", "5"]) == 0
     assert json.loads((tmp_path / "y" / "meta" / "info.json").read_text())["video_path"] is None
+
+
+def test_an_imported_dataset_trains(written, tmp_path):
+    store = tmp_path / "demo.zarr"
+    import_lerobot(written, store, key_map={"observation.images.wrist": ""}, image_size=(32, 32), progress=False)
+    cfg = compose_config(
+        "train",
+        [
+            "task=pick_place_top",
+            f"task.dataset_path={store}",
+            "task.env_kwargs.image_size=32",
+            "task.shape_meta.action.shape=[2]",
+            "policy.encoder.crop_shape=[28,28]",
+            "policy.encoder.feature_dim=8",
+            "policy.denoiser.down_dims=[16,32]",
+            "policy.denoiser.diffusion_step_embed_dim=16",
+            "policy.horizon=8",
+            "policy.n_action_steps=4",
+            "training.batch_size=8",
+            "training.max_steps=3",
+            "training.warmup_steps=1",
+            "training.val_every=3",
+            "training.checkpoint_every=3",
+            f"output_root={tmp_path}",
+            "name=imported",
+        ],
+    )
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert summary["step"] == 3 and (tmp_path / "run" / "checkpoints" / "latest.ckpt").is_file()
