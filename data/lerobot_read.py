@@ -110,7 +110,7 @@ class _DataFiles:
 
     def __init__(self, root: Path, columns: list[str]) -> None:
         self.root, self.columns = root, columns
-        self._path: Path | None = None
+        self.path: Path | None = None  # the file in memory
         self._table: pa.Table | None = None
         self._index: np.ndarray | None = None
 
@@ -119,10 +119,10 @@ class _DataFiles:
         path = self.root / DATA_PATH.format(
             chunk_index=episode["data/chunk_index"], file_index=episode["data/file_index"]
         )
-        if path != self._path:
+        if path != self.path:
             self._table = _read_parquet(path, self.columns)
             self._index = np.asarray(self._table["index"])
-            self._path = path
+            self.path = path
         start, stop = episode["dataset_from_index"], episode["dataset_to_index"]
         rows = np.flatnonzero((self._index >= start) & (self._index < stop))
         return self._table.take(rows)
@@ -147,10 +147,12 @@ def _episode_frames(
             where = f"{root}: episode {e}"
             rows = data_files.rows(ep)
             if len(rows) != length:
-                raise LeRobotFormatError(f"{where} has {len(rows)} rows in {data_files._path}, its length is {length}")
+                raise LeRobotFormatError(f"{where} has {len(rows)} rows in {data_files.path}, its length is {length}")
             frame_index = np.asarray(rows["frame_index"])
-            if not np.array_equal(frame_index, np.arange(length)):
-                raise LeRobotFormatError(f"{where}: frame_index is not 0..{length - 1} in order")
+            if not np.array_equal(frame_index, np.arange(length)) or np.any(np.asarray(rows["episode_index"]) != e):
+                raise LeRobotFormatError(
+                    f"{where}: its rows' frame_index is not 0..{length - 1} or episode_index not {e}"
+                )
             task_ids = np.unique(np.asarray(rows["task_index"]))
             if len(task_ids) != 1 or not 0 <= task_ids[0] < len(tasks):
                 raise LeRobotFormatError(

@@ -136,6 +136,11 @@ class _FileSeries:
         self.bytes, self.frames = 0.0, 0
         return True
 
+    def add(self, n_frames: int, n_bytes: float) -> None:
+        """Count an episode written to the current file."""
+        self.frames += n_frames
+        self.bytes += n_bytes
+
 
 def _tasks_table(tasks: list[str]) -> pa.Table:
     """meta/tasks.parquet as pandas writes it (LeRobot reads it with pandas: the task strings are the index)."""
@@ -264,6 +269,7 @@ def _write(
     episode_tasks = _episode_tasks(buf)
     tasks = list(dict.fromkeys(episode_tasks))
     video_keys = [k for k, ft in features.items() if ft["dtype"] == "video"]
+    ours_of = {theirs: ours for ours, theirs in names.items()}
     data_files = _FileSeries(chunks_size, data_file_mb * 2**20)
     video_files = {k: _FileSeries(chunks_size, video_file_mb * 2**20) for k in video_keys}
     writers: dict[str, VideoWriter] = {}
@@ -292,8 +298,7 @@ def _write(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 data_writer = pq.ParquetWriter(path, table.schema, compression="snappy")
             data_writer.write_table(table)
-            data_files.bytes += table.nbytes
-            data_files.frames += length
+            data_files.add(length, table.nbytes)
             row: dict[str, Any] = {
                 "episode_index": e,
                 "tasks": [episode_tasks[e]],
@@ -304,7 +309,7 @@ def _write(
                 "dataset_to_index": start + length,
             }
             for key in video_keys:
-                frames = ep[next(o for o, t in names.items() if t == key)]
+                frames = ep[ours_of[key]]
                 series = video_files[key]
                 if series.place(length, None):
                     if key in writers:
@@ -318,8 +323,7 @@ def _write(
                 row[f"videos/{key}/file_index"] = series.file
                 row[f"videos/{key}/from_timestamp"] = series.frames / fps
                 row[f"videos/{key}/to_timestamp"] = (series.frames + length) / fps
-                series.bytes += writers[key].n_bytes - before
-                series.frames += length
+                series.add(length, writers[key].n_bytes - before)
                 episode_stats = _ImageStats()
                 episode_stats.add(frames)
                 image_stats[key].add(frames)

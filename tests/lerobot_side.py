@@ -1,6 +1,6 @@
 """LeRobot's own writer and reader, run in .venv-lerobot by tests/test_lerobot_io.py (not a test module).
 
-    python tests/lerobot_side.py write EPISODES.npz ROOT   # LeRobotDataset.create, add_frame, save_episode, finalize
+    python tests/lerobot_side.py write EPISODES.npz ROOT [video|image]   # LeRobotDataset.create, add_frame, ...
     python tests/lerobot_side.py read ROOT OUT.npz         # LeRobotDataset(repo_id, root=ROOT)[i] for every frame
 
 EPISODES.npz holds fps, lengths (E,), tasks (E,), and per frame (N, ...) the arrays named after their
@@ -17,18 +17,21 @@ import numpy as np
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 
-def write(episodes_npz: str, root: str) -> None:
-    """Write the episodes with LeRobot's recorder API; small file limits give many files and chunks."""
+def write(episodes_npz: str, root: str, image_dtype: str = "video") -> None:
+    """Write the episodes with LeRobot's recorder API; small file limits give many files and chunks.
+
+    ``image_dtype`` video: frames in mp4 files; image: PNG bytes in the data parquet files.
+    """
     arrays = dict(np.load(episodes_npz))
     fps, lengths, tasks = int(arrays.pop("fps")), arrays.pop("lengths"), arrays.pop("tasks")
     features = {}
     for key, values in arrays.items():
         if values.dtype == np.uint8 and values.ndim == 4:
-            features[key] = {"dtype": "video", "shape": values.shape[1:], "names": ["height", "width", "channels"]}
+            features[key] = {"dtype": image_dtype, "shape": values.shape[1:], "names": ["height", "width", "channels"]}
         else:
             width = values.shape[1]
             features[key] = {"dtype": "float32", "shape": (width,), "names": [f"{key}_{i}" for i in range(width)]}
-    ds = LeRobotDataset.create("test/written", fps=fps, features=features, root=root)
+    ds = LeRobotDataset.create("test/written", fps=fps, features=features, root=root, use_videos=image_dtype == "video")
     ds.meta.update_chunk_settings(chunks_size=2, data_files_size_in_mb=0.003, video_files_size_in_mb=0.0035)
     start = 0
     for length, task in zip(lengths, tasks):

@@ -84,10 +84,8 @@ def _assert_close_frames(got: np.ndarray, want: np.ndarray, max_diff: float | No
         assert diff.max() <= max_diff, diff.max()
 
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory) -> Path:
+def _write_with_lerobot(tmp: Path, image_dtype: str) -> Path:
     """A dataset written by LeRobot's own LeRobotDataset.create / add_frame / save_episode / finalize."""
-    tmp = tmp_path_factory.mktemp("lerobot")
     eps = _episodes()
     arrays = {
         "observation.image": np.concatenate([e["image"] for e in eps]),
@@ -97,8 +95,13 @@ def written(tmp_path_factory) -> Path:
     }
     tasks = np.array([TASKS[i % 2] for i in range(len(LENGTHS))])
     np.savez(tmp / "episodes.npz", fps=10, lengths=np.array(LENGTHS), tasks=tasks, **arrays)
-    _run_lerobot("write", str(tmp / "episodes.npz"), str(tmp / "written"))
-    return tmp / "written"
+    _run_lerobot("write", str(tmp / "episodes.npz"), str(tmp / image_dtype), image_dtype)
+    return tmp / image_dtype
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> Path:
+    return _write_with_lerobot(tmp_path_factory.mktemp("lerobot"), "video")
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +152,16 @@ def test_import_key_map_state_key_and_resize(written, tmp_path):
     resized = np.stack([resize_rgb(f, (16, 24)) for f in full["image"]])
     _assert_close_frames(small["top_image"], resized, None, LOSSY_MEAN)  # resized in YUV vs after conversion to RGB
     np.testing.assert_array_equal(small["state"], full["agent_pos"])
+
+
+def test_import_of_image_features_is_lossless(tmp_path):
+    written = _write_with_lerobot(tmp_path, "image")  # PNG bytes in the parquet instead of mp4 files
+    assert not (written / "videos").exists()
+    buf = import_lerobot(written, tmp_path / "png.zarr", progress=False)
+    for e, ep in enumerate(_episodes()):
+        np.testing.assert_array_equal(buf.get_episode(e)["image"], ep["image"])
+        np.testing.assert_array_equal(buf.get_episode(e)["wrist_image"], ep["wrist_image"])
+    assert buf.episode_meta("instruction").tolist() == [TASKS[i % 2] for i in range(len(LENGTHS))]
 
 
 @pytest.fixture(scope="module")
