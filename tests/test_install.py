@@ -1,6 +1,6 @@
 """Tests for the packaging (pyproject.toml): the wheel's console scripts work installed, from any directory.
 
-The project is copied (its tracked files) and built into a wheel by setuptools' PEP 517 backend, the
+The project is copied (its tracked files) and built into a wheel (``pip wheel --no-build-isolation``), the
 wheel installed with ``--no-deps`` into a fresh venv whose ``.pth`` file adds this environment's
 site-packages (the dependencies; that directory's own ``.pth`` files, e.g. an editable install of this
 project, are not processed, so ``data``, ``train`` and ``configs`` come from the wheel). Then
@@ -37,8 +37,10 @@ def installed(tmp_path_factory) -> Path:
         if (ROOT / name).is_file():
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, src / name)
-    build = f"from setuptools import build_meta; print(build_meta.build_wheel({str(tmp / 'dist')!r}))"
-    wheel = tmp / "dist" / _run([sys.executable, "-c", build], src).stdout.strip().splitlines()[-1]
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp), str(src)], tmp
+    )
+    (wheel,) = tmp.glob("actchunk-*.whl")
     env_dir = tmp / "venv"
     venv.create(env_dir, with_pip=False)
     scheme = "venv" if "venv" in sysconfig.get_scheme_names() else "posix_prefix"
