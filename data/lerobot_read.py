@@ -105,20 +105,34 @@ def _images(table: pa.Table, key: str, size: tuple[int, int] | None) -> np.ndarr
     return np.stack(out)
 
 
+def data_file(info: Mapping[str, Any], episode: Mapping[str, Any]) -> str:
+    """The data parquet file of an episode, relative to the dataset (info.json's data_path template)."""
+    template = info.get("data_path") or DATA_PATH
+    return template.format(chunk_index=episode["data/chunk_index"], file_index=episode["data/file_index"])
+
+
+def video_file(info: Mapping[str, Any], key: str, episode: Mapping[str, Any]) -> str:
+    """The video file of an episode's ``key``, relative to the dataset (info.json's video_path template)."""
+    template = info.get("video_path") or VIDEO_PATH
+    return template.format(
+        video_key=key,
+        chunk_index=episode[f"videos/{key}/chunk_index"],
+        file_index=episode[f"videos/{key}/file_index"],
+    )
+
+
 class _DataFiles:
     """The rows of one episode from data/chunk-*/file-*.parquet, one file in memory at a time."""
 
-    def __init__(self, root: Path, columns: list[str]) -> None:
-        self.root, self.columns = root, columns
+    def __init__(self, root: Path, info: Mapping[str, Any], columns: list[str]) -> None:
+        self.root, self.info, self.columns = root, info, columns
         self.path: Path | None = None  # the file in memory
         self._table: pa.Table | None = None
         self._index: np.ndarray | None = None
 
     def rows(self, episode: Mapping[str, Any]) -> pa.Table:
         """The rows whose ``index`` is in the episode's [dataset_from_index, dataset_to_index)."""
-        path = self.root / DATA_PATH.format(
-            chunk_index=episode["data/chunk_index"], file_index=episode["data/file_index"]
-        )
+        path = self.root / data_file(self.info, episode)
         if path != self.path:
             self._table = _read_parquet(path, self.columns)
             self._index = np.asarray(self._table["index"])
@@ -139,7 +153,7 @@ def _episode_frames(
     """(data, meta) of each episode in order, every part checked against the episode's length."""
     features = info["features"]
     table_keys = [k for k in names if features[k]["dtype"] != "video"]
-    data_files = _DataFiles(root, [*table_keys, *INDEX_FEATURES])
+    data_files = _DataFiles(root, info, [*table_keys, *INDEX_FEATURES])
     readers: dict[str, VideoReader] = {}
     try:
         for ep in episodes:
@@ -163,11 +177,7 @@ def _episode_frames(
             for key, ours in names.items():
                 dtype = features[key]["dtype"]
                 if dtype == "video":
-                    path = root / VIDEO_PATH.format(
-                        video_key=key,
-                        chunk_index=ep[f"videos/{key}/chunk_index"],
-                        file_index=ep[f"videos/{key}/file_index"],
-                    )
+                    path = root / video_file(info, key, ep)
                     if key not in readers or readers[key].path != path:
                         if key in readers:
                             readers[key].close()
@@ -212,20 +222,9 @@ def import_lerobot(
     tasks = read_tasks(root)
     episodes = read_episodes(root, int(info.get("total_episodes", 0)))
     for key in (k for k in names if features[k]["dtype"] == "video"):
-        missing = [
-            p
-            for p in {
-                VIDEO_PATH.format(
-                    video_key=key,
-                    chunk_index=ep[f"videos/{key}/chunk_index"],
-                    file_index=ep[f"videos/{key}/file_index"],
-                )
-                for ep in episodes
-            }
-            if not (root / p).is_file()
-        ]
+        missing = sorted(p for p in {video_file(info, key, ep) for ep in episodes} if not (root / p).is_file())
         if missing:
-            raise LeRobotFormatError(f"{root}: video file {sorted(missing)[0]} is missing ({len(missing)} missing)")
+            raise LeRobotFormatError(f"{root}: video file {missing[0]} is missing ({len(missing)} missing)")
     attrs = {
         "source": str(root),
         "format_source": f"lerobot/{info['codebase_version']}",

@@ -79,4 +79,5 @@ def lerobot_python() -> tuple[Path, dict[str, str]]:
         [str(ENV_DIR / "ffmpeg-libs"), str(_av_libs()), *filter(None, [env.get("LD_LIBRARY_PATH")])]
     )
     env["HF_HUB_OFFLINE"] = "1"  # everything is local: LeRobot must never reach for the hub
+    env["HF_HOME"] = str(ENV_DIR / "hf-home")  # the datasets library's caches stay out of the user's home
     return ENV_DIR / "bin" / "python", env
