@@ -36,7 +36,9 @@ def build_parser(prog: str = "python -m data.lerobot_io") -> argparse.ArgumentPa
     imp.add_argument("src", help="LeRobot dataset directory (holds meta/info.json)")
     imp.add_argument("dst", help="output .zarr directory")
     imp.add_argument("--map", action="append", default=[], metavar="SRC=DST", help="rename a feature (SRC= drops it)")
-    imp.add_argument("--state-key", default="agent_pos", help="our key for observation.state (agent_pos or state)")
+    imp.add_argument(
+        "--state-key", default="agent_pos", choices=["agent_pos", "state"], help="our key for observation.state"
+    )
     imp.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize every image to H x W")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing store")
     exp = sub.add_parser("export", help="zarr store -> LeRobot v3.0 dataset directory")
