@@ -84,13 +84,16 @@ def read_info(root: Path) -> dict[str, Any]:
 
 def default_import_name(key: str, state_key: str) -> str:
     """Our store key for a LeRobot feature: observation.image -> image, observation.images.<cam> -> <cam>_image,
-    observation.state -> ``state_key``, next.reward -> reward, action -> action, others with dots as underscores."""
+    observation.state -> ``state_key``, observation.environment_state -> state (when ``state_key`` is agent_pos),
+    next.reward -> reward, action -> action, others without ``observation.`` and with dots as underscores."""
     if key == "observation.image":
         return "image"
     if key.startswith("observation.images."):
         return key.removeprefix("observation.images.").replace(".", "_") + "_image"
     if key == "observation.state":
         return state_key
+    if key == "observation.environment_state" and state_key != "state":
+        return "state"
     if key == "next.reward":
         return "reward"
     return key.removeprefix("observation.").replace(".", "_")

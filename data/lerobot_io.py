@@ -1,11 +1,12 @@
 """Convert between LeRobot's dataset format v3.0 and our zarr ``ReplayBuffer`` (see data/lerobot_format.py).
 
 Import (``data.lerobot_read``) maps LeRobot's features to our keys: observation.image -> image,
-observation.images.<cam> -> <cam>_image, observation.state -> agent_pos (``--state-key state``), action,
-next.reward -> reward, any other observation.<x> -> <x>; ``--map SRC=DST`` renames one and ``--map SRC=``
-leaves it out. Export (``data.lerobot_write``) maps back: image -> observation.image, <cam>_image ->
-observation.images.<cam>, agent_pos -> observation.state, state -> observation.environment_state (or
-observation.state without agent_pos), reward -> next.reward, action, other keys -> observation.<key>.
+observation.images.<cam> -> <cam>_image, observation.state -> agent_pos (``--state-key state``),
+observation.environment_state -> state, action, next.reward -> reward, any other observation.<x> -> <x>;
+``--map SRC=DST`` renames one and ``--map SRC=`` leaves it out. Export (``data.lerobot_write``) maps back:
+image -> observation.image, <cam>_image -> observation.images.<cam>, agent_pos -> observation.state,
+state -> observation.environment_state (or observation.state without agent_pos), reward -> next.reward,
+action, other keys -> observation.<key>.
 Both build their output beside its path and rename it into place at the end: a failure leaves nothing.
 
 CLI::

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from configs import compose_config
+from data.lerobot_format import default_export_name, default_import_name
 from data.lerobot_io import main
 from data.lerobot_read import import_lerobot
 from data.lerobot_write import export_lerobot
@@ -206,6 +207,23 @@ def test_export_is_read_by_lerobot_and_imports_back(store, tmp_path, vcodec):
     assert back.episode_meta("instruction").tolist() == [TASKS[i % 2] for i in range(len(LENGTHS))]
     np.testing.assert_array_equal(back["agent_pos"], read["observation.state"])
     _assert_close_frames(back["image"], read["observation.image"], SAME_DECODE_MAX, SAME_DECODE_MEAN)
+
+
+def test_default_names_round_trip():
+    ours = ["image", "top_image", "agent_pos", "state", "action", "reward", "cube_pose"]
+    theirs = [default_export_name(k, ours) for k in ours]
+    assert theirs == [
+        "observation.image",
+        "observation.images.top",
+        "observation.state",
+        "observation.environment_state",
+        "action",
+        "next.reward",
+        "observation.cube_pose",
+    ]
+    assert [default_import_name(k, "agent_pos") for k in theirs] == ours
+    assert default_export_name("state", ["state", "action"]) == "observation.state"
+    assert default_import_name("observation.state", "state") == "state"
 
 
 def _leaves_nothing(tmp: Path, name: str) -> bool:
