@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q -e ".[dev,metaworld]" $(TORCH_PIN)
 	touch $(STAMP)
 
-# pytest exits 5 when it collected no tests: not a failure of the code under test.
+# pytest exits 5 when it collected no tests: not a failure of the code under test. tests/test_lerobot_io.py builds
+# .venv-lerobot on first use (LeRobot 0.4.4's dataset code beside this venv, about 12 s; tests/lerobot_env.py).
 test: $(STAMP)
 	$(VPY) -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
@@ -45,4 +46,4 @@ demo: $(STAMP)
 		$$((t1-t0)) $$((t2-t1)) $$((t3-t2)) $$((t3-t0))
 
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) .venv-lerobot outputs

@@ -163,8 +163,13 @@ def main(cfg: DictConfig) -> None:
         sys.exit(f"eval.py: error: {exc}" if world.is_main else 1)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python eval.py`` and the ``actchunk-eval`` command: unknown options are named before hydra runs."""
     problem = unknown_option(sys.argv[1:], "eval")
     if problem is not None:
         sys.exit(f"eval.py: error: {problem}")
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -109,10 +109,15 @@ def main(cfg: DictConfig) -> None:
         sys.exit(status)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python train.py`` and the ``actchunk-train`` command: unknown options are named before hydra runs."""
     problem = unknown_option(sys.argv[1:], "train")
     if problem is not None:
         sys.exit(f"train.py: error: {problem}" if os.environ.get("RANK", "0") == "0" else 1)
     if os.environ.get("RANK", "0") != "0":
         sys.argv += QUIET_HYDRA
     main()
+
+
+if __name__ == "__main__":
+    cli()

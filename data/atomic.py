@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -136,3 +136,17 @@ def write_text_atomic(path: str | Path, text: str, mode: int | None = None) -> P
 def write_json_atomic(path: str | Path, payload: Any, mode: int | None = None) -> Path:
     """Write ``payload`` as indented JSON (trailing newline) to ``path`` atomically; returns the path."""
     return write_text_atomic(path, json.dumps(payload, indent=2) + "\n", mode)
+
+
+def check_output(src: Path, path: Path, overwrite: bool, replaceable: Callable[[Path], bool], kind: str) -> None:
+    """Refuse to write onto the input, to clobber an existing output unless asked, or to replace a non-``kind``."""
+    if path.exists() and src.exists() and path.resolve() == src.resolve():
+        raise ValueError(f"{path} is the input; choose another output path")
+    if not path.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if not replaceable(path):
+        raise ValueError(
+            f"{path} exists and is not {kind}; refusing to replace it: remove it yourself or choose another path"
+        )

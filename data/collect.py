@@ -281,8 +281,13 @@ def main(cfg: DictConfig) -> None:
     print(format_summary(summary))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m data.collect`` and the ``actchunk-collect`` command: unknown options are named before hydra runs."""
     problem = unknown_option(sys.argv[1:], "collect")
     if problem is not None:
         sys.exit(f"data.collect: error: {problem}")
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -31,14 +31,14 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 from tqdm import tqdm
 
-from data.atomic import atomic_path
+from data.atomic import atomic_path, check_output
 from data.replay_buffer import ReplayBuffer, ReplayBufferError, is_zarr_store
 from data.sampler import split_episodes
 
@@ -47,20 +47,6 @@ _DEMO = re.compile(r"^demo_(\d+)$")
 
 class RobomimicFormatError(ValueError):
     """An hdf5 file that does not follow robomimic's layout."""
-
-
-def _check_output(src: Path, path: Path, overwrite: bool, replaceable: Callable[[Path], bool], kind: str) -> None:
-    """Refuse to write onto the input, to clobber an existing output unless asked, or to replace a non-``kind``."""
-    if path.exists() and src.exists() and path.resolve() == src.resolve():
-        raise ValueError(f"{path} is the input; choose another output path")
-    if not path.exists():
-        return
-    if not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    if not replaceable(path):
-        raise ValueError(
-            f"{path} exists and is not {kind}; refusing to replace it: remove it yourself or choose another path"
-        )
 
 
 def _sorted_demos(names: Sequence[str], where: str) -> list[str]:
@@ -84,7 +70,7 @@ def import_hdf5(
     hdf5_path, zarr_path = Path(hdf5_path), Path(zarr_path)
     if not hdf5_path.is_file():
         raise FileNotFoundError(f"{hdf5_path}: no such hdf5 file")
-    _check_output(hdf5_path, zarr_path, overwrite, is_zarr_store, "a zarr store")
+    check_output(hdf5_path, zarr_path, overwrite, is_zarr_store, "a zarr store")
     try:
         f = h5py.File(hdf5_path, "r")
     except OSError as exc:
@@ -156,7 +142,7 @@ def export_hdf5(
 ) -> Path:
     """Export a zarr store to robomimic's hdf5 layout (``mask/train``/``mask/valid`` if ``val_ratio``)."""
     hdf5_path = Path(hdf5_path)
-    _check_output(Path(zarr_path), hdf5_path, overwrite, lambda p: p.is_file() and h5py.is_hdf5(p), "an hdf5 file")
+    check_output(Path(zarr_path), hdf5_path, overwrite, lambda p: p.is_file() and h5py.is_hdf5(p), "an hdf5 file")
     buf = ReplayBuffer.open(zarr_path)
     if action_key not in buf:
         raise ReplayBufferError(f"{zarr_path}: no key {action_key!r} to export as actions; keys: {buf.keys()}")
