@@ -58,7 +58,7 @@ def merge_stores(sources: Sequence[str | Path], out: str | Path, name: str, prog
                 for buffer in buffers:
                     meta = {k: buffer.episode_meta(k) for k in keys}
                     for i in range(buffer.n_episodes):
-                        merged.add_episode(buffer.get_episode(i), {k: meta[k][i].item() for k in keys})
+                        merged.add_episode(buffer.get_episode(i), {k: meta[k][i : i + 1].tolist()[0] for k in keys})
                         bar.update(1)
     finally:
         for buffer in buffers:

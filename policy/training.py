@@ -400,7 +400,7 @@ def _train_session(
         world_size=world.size,
     )
     shard = BatchShard.of(world, cfg.training.batch_size) if world.distributed else None
-    loss_of = world.wrap(TrainingLoss(policy, compute_loss, shard), device)
+    loss_of = world.wrap(TrainingLoss(policy, compute_loss, shard), device, find_unused=policy.conditioned)
     if main:
         print(
             f"run dir {run_dir}\n{len(train_set)} training windows, {len(val_set)} validation windows, "
