@@ -305,10 +305,11 @@ class ChunkPolicy(nn.Module):
         text, pair = None, False
         if self.conditioned:
             null = self.instruction.null(batch)
+            texts = None if instruction is None else check_instructions(instruction, batch)  # checked even at w = 0
             if scale == 0:
                 text = null
             else:
-                text = self.instruction(check_instructions(instruction, batch))
+                text = self.instruction(texts)
                 if scale != 1:
                     cond, text, pair = torch.cat((cond, cond)), concat_encodings(text, null), True  # (2B, ...)
         if self.denoiser_dtype is None:

@@ -31,6 +31,7 @@ import torch
 from policy.chunk_policy import ChunkPolicy
 from policy.controller import RecedingHorizonController
 from policy.execution import Execution, delay_from_latency
+from policy.instruction import check_instructions
 from policy.rollout import run_episodes
 from policy.samplers import Sampler, make_sampler
 
@@ -199,6 +200,8 @@ def evaluate(
     try:
         steps = sampler.resolve_steps(policy.objective, num_steps)
         scale = policy.check_instruction_use(instruction, guidance_scale)
+        if instruction is not None:
+            check_instructions(instruction, 1)  # an empty or non-string instruction, before any env starts
     except ValueError as exc:  # another objective's sampler, a step count or an instruction the model cannot take
         raise EvalError(str(exc)) from exc
     make_env = task.factory(include_image="rgb" in policy.obs_types.values())

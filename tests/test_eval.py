@@ -397,6 +397,8 @@ def test_instruction_and_guidance_scale_reach_every_chunk_and_the_results(tmp_pa
     assert f"| {sides[0]} | 2 | ddim |" in (out / "results.md").read_text()
     with pytest.raises(evaluation.EvalError, match="pass instruction="):
         eval_script.run(_cfg(f"checkpoint={ckpt}", "n_episodes=1", "n_envs=1", "progress=false", f"out_dir={out}"))
+    with pytest.raises(evaluation.EvalError, match="instruction 0 is empty"):
+        eval_script.run(_cfg(f"checkpoint={ckpt}", "n_episodes=1", "n_envs=1", f"out_dir={out}", "instruction=''"))
 
 
 def test_instructions_for_a_policy_without_them_and_tasks_of_a_single_task_are_refused(ckpt, tmp_path):

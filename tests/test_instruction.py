@@ -189,6 +189,7 @@ def test_bad_instruction_input_is_a_one_line_error():
         (plain, {"guidance_scale": 2.0}, "needs an instruction-conditioned policy"),
         (conditioned, {}, "pass instruction="),
         (conditioned, {"instruction": "  "}, "instruction 0 is empty"),
+        (conditioned, {"instruction": "", "guidance_scale": 0.0}, "instruction 0 is empty"),
         (conditioned, {"instruction": [LEFT, RIGHT]}, "2 instructions for a batch of 3"),
         (conditioned, {"instruction": LEFT, "guidance_scale": -1.0}, "guidance_scale"),
     ]
