@@ -3,6 +3,8 @@
     python eval.py checkpoint=PATH sweep.samplers=[ddpm,ddim,dpmsolver] sweep.num_steps=[1,2,4,8,16,100]
     python eval.py checkpoint=PATH sampler.num_steps=4   # the checkpoint's own sampler with 4 steps
     python eval.py checkpoint=PATH execution=rtc inference_delay=auto   # real-time chunking at the measured delay
+    python eval.py checkpoint=PATH instruction="put the cube in the left bin" guidance_scale=2   # CFG
+    python eval.py checkpoint=PATH tasks=all   # a multi-task checkpoint: each task with its own instruction
 
 The hydra entry point over ``policy.evaluation``: the checkpoint alone is enough (its stored config names
 the task: env id, env kwargs, episode length, fps). Writes results.json, results.md and the videos into
@@ -25,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from configs import unknown_option
 from data.atomic import write_json_atomic, write_text_atomic
+from data.multitask import subtask_config
 from envs.task_env import TaskEnv
 from policy.checkpoint import CheckpointError, checkpoint_config, load_checkpoint
 from policy.chunk_policy import ChunkPolicy
@@ -79,6 +82,26 @@ def plan_cells(
     return cells, skipped
 
 
+def plan_targets(cfg: DictConfig, task_cfg: dict[str, Any], policy: ChunkPolicy) -> list[tuple[str | None, Any, Any]]:
+    """(task name or None, TaskEnv, instruction) to evaluate: the checkpoint's task, or each of ``tasks``; EvalError."""
+    if not cfg.tasks:
+        return [(None, TaskEnv.from_config(task_cfg), cfg.instruction)]
+    if cfg.instruction is not None:
+        raise EvalError("tasks= evaluates each task with its own training instruction; drop instruction= (or tasks=)")
+    known = task_cfg.get("tasks") or {}
+    instructions = ((policy.instruction_config or {}).get("tasks")) or {}
+    if not known or not instructions:
+        raise EvalError(
+            f"tasks= needs a multi-task, instruction-conditioned checkpoint (task.tasks and its instructions); "
+            f"{task_cfg.get('name')} is a single task: evaluate it without tasks="
+        )
+    names = list(known) if cfg.tasks == "all" else [str(t) for t in cfg.tasks]
+    unknown = [n for n in names if n not in known or n not in instructions]
+    if unknown:
+        raise EvalError(f"tasks {unknown} are not this checkpoint's; choose from {sorted(known)} or tasks=all")
+    return [(n, TaskEnv.from_config(subtask_config(task_cfg, n)), instructions[n]) for n in names]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Load the checkpoint, evaluate every cell, write results.json and results.md; returns what was written."""
     if OmegaConf.is_missing(cfg, "checkpoint"):
@@ -94,13 +117,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     task_cfg = checkpoint_config(ckpt).get("task")
     if not isinstance(task_cfg, dict):
         raise CheckpointError(f"checkpoint {path} has no task section in its config; it was not written by train.py")
-    task = TaskEnv.from_config(task_cfg)
     policy = ChunkPolicy.from_checkpoint(path, use_ema=cfg.use_ema, loaded=ckpt).to(device)
+    targets = plan_targets(cfg, task_cfg, policy)
     execution = build_execution(cfg)
     if cfg.temporal_ensemble_k is not None and execution.strategy != "sync":
         raise EvalError(f"temporal_ensemble_k needs execution=sync (it replans every step); got {execution.strategy}")
     cells, skipped = plan_cells(policy, cfg, execution)
-    sweep = bool(cfg.sweep.samplers or cfg.sweep.num_steps)
+    sweep = bool(cfg.sweep.samplers or cfg.sweep.num_steps) or len(targets) > 1
     first_sampler, first_steps = cells[0]
     label = "sweep" if sweep else f"{first_sampler.name}-{first_sampler.resolve_steps(policy.objective, first_steps)}"
     if execution.strategy != "sync":
@@ -111,9 +134,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for note in skipped if world.is_main else []:
         print(f"skipped {note}")
 
+    runs = [(target, cell) for target in targets for cell in cells]
     results = []
-    for sampler, n in cells[world.rank :: world.size]:
+    for (task_name, task, instruction), (sampler, n) in runs[world.rank :: world.size]:
         name = f"{sampler.name}-{sampler.resolve_steps(policy.objective, n)}"
+        name = name if task_name is None else f"{task_name}/{name}"
         results.append(
             evaluate(
                 policy,
@@ -128,6 +153,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 temporal_ensemble_k=cfg.temporal_ensemble_k,
                 execution=execution,
                 progress=cfg.progress and world.is_main,
+                instruction=instruction,
+                guidance_scale=cfg.guidance_scale,
             )
         )
         delay = "" if execution.strategy == "sync" else f" ({execution.strategy}, d={results[-1]['inference_delay']})"
@@ -136,7 +163,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             file=sys.stderr,
         )
     parts = world.all_gather(results)  # rank r evaluated cells r, r + N, ...
-    results = [parts[i % world.size][i // world.size] for i in range(len(cells))]
+    results = [parts[i % world.size][i // world.size] for i in range(len(runs))]
     weights = "ema" if cfg.use_ema and ckpt.get("ema") is not None else "model"
     header = {"checkpoint": str(path), "step": int(ckpt["step"]), "weights": weights, "device": str(device)}
     payload = {**header, "cells": results, "skipped": skipped} if sweep else {**header, **results[0]}

@@ -6,8 +6,10 @@ Episode ``i`` runs the env with seed ``seed + i`` and the expert with its own ge
 that seed, so every episode is reproducible on its own. An episode ends at the expert's first success
 (or at ``max_episode_steps``), or ``task.expert.steps_after_success`` steps later, so that the demos also show
 the expert refining past the success threshold; successful episodes are appended atomically with ``meta/seed``,
-``meta/mode`` and ``meta/success``. ``n_episodes`` is the total the store should hold: rerunning a
-command after an interrupt reopens the store, skips the seeds it already holds and continues.
+``meta/mode``, ``meta/success``, ``meta/instruction`` (the expert's mode's instruction, e.g. "put the cube in the
+left bin"; MetaWorld: the task's) and ``meta/task`` (the task name, so merged multi-task stores keep it).
+``n_episodes`` is the total the store should hold: rerunning a command after an interrupt reopens the store,
+skips the seeds it already holds and continues (a store collected before instructions keeps its meta keys).
 
 A run holds the store's writer lock from opening it to the end, so two runs on one store take turns:
 the second waits (up to ``lock_timeout`` seconds) for the first to finish and then continues from what
@@ -55,7 +57,7 @@ class EpisodeRunner:
         self.expert = make_expert(env_id, noise_std=noise_std)
 
     def run(self, seed: int) -> dict[str, Any]:
-        """Run one episode; return {"seed", "mode", "success", "data": {key: (T, ...)}} with data["action"] (T, Da)."""
+        """Run one episode: {"seed", "mode", "instruction", "success", "data": {key: (T, ...)}}, action (T, Da)."""
         obs, info = self.env.reset(seed=seed)
         self.expert.reset(self.env, np.random.default_rng([seed, 1]))
         space = self.env.action_space
@@ -73,7 +75,13 @@ class EpisodeRunner:
             if terminated or truncated:
                 break
         data = {key: np.stack(values) for key, values in frames.items() if values}
-        return {"seed": seed, "mode": int(self.expert.mode), "success": success, "data": data}
+        return {
+            "seed": seed,
+            "mode": int(self.expert.mode),
+            "instruction": self.expert.instruction,
+            "success": success,
+            "data": data,
+        }
 
     def close(self) -> None:
         """Close the env (its renderers)."""
@@ -193,6 +201,8 @@ def collect(
         buffer = _open_store(out, attrs, lock_timeout)
         buffer.set_attrs(**attrs)
         taken = set(buffer.episode_meta("seed").tolist()) if "seed" in buffer.meta_keys() else set()
+        old_keys = set(buffer.meta_keys())
+        legacy_meta = old_keys if buffer.n_episodes and "instruction" not in old_keys else set()
         seeds = _candidate_seeds(seed, taken)
         existing, attempts, successes = buffer.n_episodes, 0, 0
         tried_modes: Counter[int] = Counter()
@@ -214,7 +224,15 @@ def collect(
                     successes += result["success"]
                     tried_modes[result["mode"]] += 1
                     if result["success"] or keep_failed:
-                        meta = {"seed": result["seed"], "mode": result["mode"], "success": int(result["success"])}
+                        meta = {
+                            "seed": result["seed"],
+                            "mode": result["mode"],
+                            "success": int(result["success"]),
+                            "instruction": result["instruction"],
+                            "task": task_cfg["name"],
+                        }
+                        if legacy_meta:  # a store collected before instructions: keep its meta keys
+                            meta = {k: v for k, v in meta.items() if k in legacy_meta}
                         buffer.add_episode(result["data"], meta)
                         bar.update(1)
                     if buffer.n_episodes >= n_episodes:

@@ -6,6 +6,10 @@ instead of the default per-sample ``__getitem__`` plus ``default_collate``. Imag
 (B, To, H, W, 3): the training device converts them (4x less memory traffic than float32).
 Use ``make_dataloader`` to get a loader wired for this (identity collate, seeded shuffling,
 pinned memory on CUDA).
+
+A store with per-episode instructions (``meta/instruction``, strings) adds ``batch["instruction"]``: a list of B
+strings, each the instruction of the window's episode (``instruction_key`` names another meta key, None leaves
+them out).
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ class SequenceDataset(Dataset):
         max_train_episodes: int | None = None,
         seed: int = 0,
         split: str = "train",
+        instruction_key: str | None = "instruction",
     ) -> None:
-        """Index the ``split`` ("train" or "val") episodes of ``buffer``."""
+        """Index the ``split`` ("train" or "val") episodes of ``buffer`` (instructions: ``meta/<instruction_key>``)."""
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         missing = [k for k in [*obs_keys, action_key] if k not in buffer]
@@ -56,15 +61,27 @@ class SequenceDataset(Dataset):
             obs_keys=self.obs_keys,
             action_key=action_key,
         )
+        self._instruction_key = instruction_key
         self._split = dict(val_ratio=val_ratio, max_train_episodes=max_train_episodes, seed=seed)
         train, val = split_episodes(buffer.n_episodes, **self._split)
         self.episode_mask = train if split == "train" else val
         arrays = {k: buffer.array(k) for k in [*self.obs_keys, action_key]}
         self.sampler = SequenceSampler(arrays, buffer.episode_ends, episode_mask=self.episode_mask, **self._cfg)
+        has = instruction_key is not None and instruction_key in buffer.meta_keys()
+        self.episode_instructions = [str(t) for t in buffer.episode_meta(instruction_key)] if has else None
+
+    @property
+    def instructions(self) -> list[str]:
+        """The distinct instructions of this split's episodes, sorted (empty for a store without instructions)."""
+        if self.episode_instructions is None:
+            return []
+        return sorted({t for t, m in zip(self.episode_instructions, self.episode_mask) if m})
 
     def get_validation_dataset(self) -> "SequenceDataset":
         """The held-out episodes with the same windowing."""
-        return SequenceDataset(self.buffer, split="val", **self._cfg, **self._split)
+        return SequenceDataset(
+            self.buffer, split="val", instruction_key=self._instruction_key, **self._cfg, **self._split
+        )
 
     def get_normalizer(self, modes: Mapping[str, str]) -> Normalizer:
         """Fit a ``Normalizer`` on the training episodes' steps for the keys in ``modes``."""
@@ -84,14 +101,19 @@ class SequenceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         """One window (no batch axis)."""
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        """A whole batch: obs keys (B, n_obs_steps, ...), action (B, horizon, Da)."""
-        batch = self.sampler.sample_batch(np.asarray(indices, dtype=np.int64))
-        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        """A whole batch: obs keys (B, n_obs_steps, ...), action (B, horizon, Da)[, instruction: B strings]."""
+        index = np.asarray(indices, dtype=np.int64)
+        batch: dict[str, Any] = {
+            k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.sampler.sample_batch(index).items()
+        }
+        if self.episode_instructions is not None:
+            batch["instruction"] = [self.episode_instructions[e] for e in self.sampler.episode_of(index)]
+        return batch
 
 
 def _identity(batch: Any) -> Any:

@@ -3,7 +3,7 @@
 robomimic layout::
 
     data/                 attrs: total, env_args (JSON)
-      demo_<i>/           attrs: num_samples
+      demo_<i>/           attrs: num_samples[, ep_meta (JSON; "lang": the demo's instruction, as robocasa writes)]
         obs/<key>         (T, ...)
         next_obs/<key>    (T, ...)
         actions           (T, Da)
@@ -13,7 +13,9 @@ robomimic layout::
 Import keeps demos in numeric order (demo_2 before demo_10), renames or concatenates
 observation keys (``key_map``), optionally keeps only one filter key, and records
 ``meta/robomimic_demo`` (the demo number) and one boolean ``meta/mask_<filter>`` per filter
-key. Export writes every field robomimic's ``SequenceDataset`` reads. Both write to a
+key, and ``meta/instruction`` from each demo's ``ep_meta["lang"]`` when the file has one (robocasa's language
+instructions; then every demo must). Export writes every field robomimic's ``SequenceDataset`` reads, and a
+store's ``meta/instruction`` back as each demo's ``ep_meta`` {"lang": ...}. Both write to a
 temporary path and rename it at the end, so an interrupted conversion leaves nothing behind.
 The input is never the output, and ``--overwrite`` replaces only what the command writes (a zarr
 store for import, an hdf5 file for export), never another file or directory.
@@ -96,9 +98,18 @@ def import_hdf5(
         env_args = f["data"].attrs.get("env_args", "{}")
         store_attrs = {"source": str(hdf5_path), "obs_keys": list(mapping), "robomimic_env_args": str(env_args)}
         store_attrs.update(dict(attrs or {}))
+        with_lang = _instruction(f, demos[0]) is not None
         with ReplayBuffer.building(zarr_path, attrs=store_attrs, overwrite=overwrite) as buf:
             for name in tqdm(demos, desc=f"import {hdf5_path.name}", unit="demo"):
-                buf.add_episode(_read_demo(f, name, mapping), _demo_meta(name, masks))
+                meta = _demo_meta(name, masks)
+                if with_lang:
+                    meta["instruction"] = _instruction(f, name)
+                    if meta["instruction"] is None:
+                        raise RobomimicFormatError(
+                            f"{hdf5_path}: data/{name} has no ep_meta 'lang' but data/{demos[0]} has; "
+                            "give every demo its instruction or none"
+                        )
+                buf.add_episode(_read_demo(f, name, mapping), meta)
     return ReplayBuffer.open(zarr_path)
 
 
@@ -121,6 +132,18 @@ def _read_demo(f: h5py.File, name: str, mapping: Mapping[str, list[str]]) -> dic
         else:
             episode[ours] = np.concatenate([p.reshape(p.shape[0], -1).astype(np.float32) for p in parts], axis=-1)
     return episode
+
+
+def _instruction(f: h5py.File, name: str) -> str | None:
+    """The demo's language instruction (``ep_meta`` JSON attr, key "lang"), or None if it has none."""
+    raw = f[f"data/{name}"].attrs.get("ep_meta")
+    if raw is None:
+        return None
+    try:
+        lang = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw)).get("lang")
+    except (json.JSONDecodeError, AttributeError):
+        raise RobomimicFormatError(f"{f.filename}: data/{name} attr ep_meta is not a JSON object") from None
+    return str(lang) if lang else None
 
 
 def _demo_meta(name: str, masks: Mapping[str, set[str]]) -> dict[str, object]:
@@ -149,6 +172,7 @@ def export_hdf5(
     obs_keys = [k for k in buf.keys() if k not in (action_key, "reward")]
     task = buf.attrs.get("task", "unknown")
     args = dict(env_args or {"env_name": str(task), "type": 0, "env_kwargs": {}})
+    instructions = buf.episode_meta("instruction").tolist() if "instruction" in buf.meta_keys() else None
     try:
         with atomic_path(hdf5_path) as tmp, h5py.File(tmp, "w") as f:
             data = f.create_group("data")
@@ -158,6 +182,8 @@ def export_hdf5(
                 t = len(ep[action_key])
                 grp = data.create_group(f"demo_{i}")
                 grp.attrs["num_samples"] = t
+                if instructions is not None:
+                    grp.attrs["ep_meta"] = json.dumps({"lang": str(instructions[i])})
                 grp.create_dataset("actions", data=ep[action_key].astype(np.float64))
                 rewards = ep["reward"].astype(np.float64) if "reward" in ep else np.zeros(t)
                 grp.create_dataset("rewards", data=rewards)

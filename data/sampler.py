@@ -104,6 +104,7 @@ class SequenceSampler:
         counts = np.maximum(lengths - self.horizon + self.pad_before + self.pad_after + 1, 0) * episode_mask
         ep = np.repeat(np.arange(len(ends)), counts)
         first = np.repeat(np.cumsum(counts) - counts, counts)
+        self._episode = ep  # (M,) episode index of each window
         self._ep_start = starts[ep]  # (M,)
         self._ep_last = ends[ep] - 1  # (M,)
         self._rel_start = (np.arange(len(ep)) - first - self.pad_before).astype(np.int64)  # (M,)
@@ -111,6 +112,10 @@ class SequenceSampler:
 
     def __len__(self) -> int:
         return len(self._ep_start)
+
+    def episode_of(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
+        """(B,) episode index of each window."""
+        return self._episode[np.asarray(indices, dtype=np.int64)]
 
     def window_indices(self, indices: np.ndarray | Sequence[int]) -> np.ndarray:
         """(B, horizon) absolute step indices of the windows, edge-padded."""

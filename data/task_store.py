@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data.collect import collect, format_summary, observation_env_kwargs
 from data.dataset import SequenceDataset, TrainingData
+from data.multitask import collect_multitask
 from data.replay_buffer import ReplayBuffer
 
 OBS_CHOICES = {"image": "shape_meta", "state": "state_shape_meta"}  # cfg.obs -> the task config's shape_meta key
@@ -61,7 +62,16 @@ def open_training_data(cfg: DictConfig, progress: bool = True) -> TrainingData:
     """Train and validation windows over the task's store (collected with the expert first if missing)."""
     shape_meta = shape_meta_of(cfg)
     path = Path(cfg.task.dataset_path)
-    if not path.exists():
+    if not path.exists() and cfg.task.get("tasks"):
+        print(f"dataset {path} not found: collecting {cfg.task.n_demos} expert episodes of each of its tasks first")
+        collect_multitask(
+            OmegaConf.to_container(cfg.task, resolve=True),
+            cfg.task.n_demos,
+            seed=cfg.dataset.collect_seed,
+            n_workers=cfg.dataset.collect_workers,
+            progress=progress,
+        )
+    elif not path.exists():
         print(f"dataset {path} not found: collecting {cfg.task.n_demos} expert episodes first")
         summary = collect(
             OmegaConf.to_container(cfg.task, resolve=True),

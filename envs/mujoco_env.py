@@ -120,7 +120,11 @@ class MujocoTaskEnv(CameraTaskEnv):
             )
         reward, success = self._evaluate()
         terminated = bool(success and self.terminate_on_success)
-        return self._get_obs(), float(reward), terminated, False, {"is_success": success}
+        return self._get_obs(), float(reward), terminated, False, {"is_success": success, **self._step_info()}
+
+    def _step_info(self) -> dict[str, Any]:
+        """Task-specific entries of a step's info (e.g. PickPlace's ``outcome``, the bin holding the cube)."""
+        return {}
 
     def _render_data(self) -> mujoco.MjData:
         """The simulation state to draw."""

@@ -19,6 +19,7 @@ from envs.mujoco_env import MujocoTaskEnv
 
 CUBE_HALF = 0.0225  # cube half-size (m)
 BIN_CENTERS = np.array([[-0.2, 0.0], [0.2, 0.0]])  # (left, right) bin centres (x, y) on the table (m)
+BIN_NAMES = ("left_bin", "right_bin")  # step info "outcome": the bin the cube lies in (the expert's mode names)
 BIN_INNER_HALF = 0.06  # half-width of a bin's inner square (m)
 BIN_WALL_HALF = (0.005, 0.02)  # wall half-thickness and half-height (m)
 FINGER_OPEN = 0.035  # per-finger travel from closed to fully open (m)
@@ -143,10 +144,20 @@ class PickPlaceEnv(MujocoTaskEnv):
         state = np.concatenate([agent, qpos[0:7]]).astype(np.float32)  # (11,)
         return {"agent_pos": agent, "state": state}
 
+    def _inside_bins(self) -> np.ndarray:
+        """(2,) bool: whether the cube's centre lies within each bin's floor (left, right)."""
+        cube = self.data.qpos[0:3]
+        return np.all(np.abs(cube[:2] - self.bin_centers) < self.bin_inner_half - 0.5 * CUBE_HALF, axis=1)
+
+    def _step_info(self) -> dict[str, Any]:
+        """``outcome``: the bin the cube lies in ("left_bin" or "right_bin"), "" while in neither."""
+        inside = np.flatnonzero(self._inside_bins())
+        return {"outcome": BIN_NAMES[inside[0]] if len(inside) else ""}
+
     def _evaluate(self) -> tuple[float, bool]:
         """Success (and reward 1.0) when the cube rests on the floor of either bin."""
         cube = self.data.qpos[0:3]
-        inside = np.all(np.abs(cube[:2] - self.bin_centers) < self.bin_inner_half - 0.5 * CUBE_HALF, axis=1)
+        inside = self._inside_bins()
         low = cube[2] < CUBE_HALF + 0.01
         slow = np.linalg.norm(self.data.qvel[0:3]) < RESTING_SPEED
         success = bool(inside.any() and low and slow)

@@ -18,6 +18,14 @@ when the weights change); noise, sampler arithmetic and unnormalization stay in 
 dtype. It pays off where a large denoiser is bound by reading its weights (batch 1, big UNet);
 small ones gain nothing, so the default is the model's own dtype.
 
+Instructions (``instruction``, a ``policy.instruction.InstructionConditioner``, built from the policy config's
+``instruction`` entry): the batch then carries ``"instruction"``, a list of B strings; training replaces each with
+the learned null instruction with probability ``p_uncond``. ``predict_action(obs, instruction=..., guidance_scale=w)``
+samples with classifier-free guidance (policy.guidance): w = 1 the conditional model (one pass on B rows), w = 0 the
+unconditional one (the null instruction, no instruction needed), otherwise both passes batched into one denoiser
+call on 2B rows per step (the NFE per chunk is the sampler's; each call's batch doubles). Every sampler runs it,
+RTC's guidance included (its vector-Jacobian product goes through the guided output).
+
 Construction: ``from_config`` (hydra config groups + shape_meta, via ``policy.factory``) and
 ``from_checkpoint`` (a checkpoint file alone, read by ``policy.checkpoint``).
 """
@@ -30,14 +38,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from data.normalizer import Normalizer
 from policy.checkpoint import load_checkpoint
 from policy.distributed import BatchShard, global_denoiser
 from policy.factory import build_parts, load_weights, parts_from_checkpoint
+from policy.guidance import check_guidance_scale, classifier_free_guidance
+from policy.instruction import InstructionConditioner, cast_encoding, check_instructions, concat_encodings
 from policy.rtc import Guidance
 from policy.samplers import check_compatible
+from policy.text_encoder import TextEncoding
 
 # Reduced-precision copies the denoiser can run in at inference (weights are read once per step:
 # halving their bytes matters when a large UNet is memory-bound at batch 1).
@@ -81,6 +93,7 @@ class ChunkPolicy(nn.Module):
         shape_meta: Mapping[str, Mapping],
         compile_denoiser: bool = False,
         denoiser_dtype: str | None = None,
+        instruction: InstructionConditioner | None = None,
     ) -> None:
         super().__init__()
         if not 1 <= n_obs_steps <= horizon or not 1 <= n_action_steps <= horizon - n_obs_steps + 1:
@@ -111,6 +124,8 @@ class ChunkPolicy(nn.Module):
         self.denoiser_dtype = denoiser_dtype
         self._cast_cache: dict[str, tuple[tuple, nn.Module]] = {}  # plain dict: not a submodule, not in state_dict
         self.normalizer = Normalizer()
+        self.instruction = instruction  # None: an observation-only policy (no state_dict entries)
+        self.instruction_config: dict[str, Any] | None = None  # the policy config's instruction entry (checkpoints)
 
     @classmethod
     def from_config(
@@ -121,7 +136,10 @@ class ChunkPolicy(nn.Module):
         shape_meta: Mapping[str, Any],
     ) -> ChunkPolicy:
         """Build a policy from the config groups policy/, objective/, sampler/ and the task's shape_meta."""
-        return cls(**build_parts(policy_cfg, objective_cfg, sampler_cfg, shape_meta))
+        policy = cls(**build_parts(policy_cfg, objective_cfg, sampler_cfg, shape_meta))
+        entry = policy_cfg.get("instruction")
+        policy.instruction_config = None if entry is None else OmegaConf.to_container(OmegaConf.create(entry))
+        return policy
 
     @classmethod
     def from_checkpoint(
@@ -138,6 +156,7 @@ class ChunkPolicy(nn.Module):
         """
         ckpt = load_checkpoint(path, map_location) if loaded is None else loaded
         policy = cls(**parts_from_checkpoint(ckpt))
+        policy.instruction_config = ckpt["build"]["policy"].get("instruction")
         load_weights(policy, ckpt, use_ema=use_ema, path=path)
         return policy.eval()
 
@@ -183,13 +202,35 @@ class ChunkPolicy(nn.Module):
         action = self.normalizer.normalize_key("action", action)  # (B, horizon, Da)
         return cond, action if shard is None else shard.gather(action)
 
-    def compute_loss(self, batch: Mapping[str, Tensor], shard: BatchShard | None = None) -> Tensor:
-        """Scalar training loss for a batch {obs keys: (B, To, ...), "action": (B, horizon, Da)}.
+    @property
+    def conditioned(self) -> bool:
+        """Whether the policy takes instructions."""
+        return self.instruction is not None
+
+    def instruction_drop(self, batch: Mapping[str, Any], shard: BatchShard | None = None) -> Tensor | None:
+        """(B,) bool rows whose instruction training replaces by the null one (None: not conditioned or eval mode)."""
+        if not self.conditioned or not self.training or self.instruction.p_uncond == 0:
+            return None
+        return self.instruction.draw_drop(len(self._batch_instructions(batch)), self.device, shard)
+
+    def encode_instruction(self, batch: Mapping[str, Any], drop: Tensor | None = None) -> TextEncoding | None:
+        """The batch's instructions encoded (rows in ``drop`` nulled); None for a policy without instructions."""
+        if not self.conditioned:
+            return None
+        return self.instruction(self._batch_instructions(batch), drop)
+
+    def bind(self, cond: Tensor, text: TextEncoding | None) -> Callable[..., Tensor]:
+        """The denoiser bound to cond (B, To, Dc) and, for a conditioned policy, the instruction encoding."""
+        return self.denoiser.bind(cond) if text is None else self.denoiser.bind(cond, text)
+
+    def compute_loss(self, batch: Mapping[str, Any], shard: BatchShard | None = None) -> Tensor:
+        """Scalar training loss for a batch {obs keys: (B, To, ...), "action": (B, horizon, Da)[, "instruction"]}.
 
         With ``shard`` the objective draws its noise for, and averages over, the whole global batch, as one process.
         """
         cond, action_norm = self.loss_inputs(batch, shard)
-        return self.objective.loss(global_denoiser(self.denoiser.bind(cond), shard), action_norm)
+        text = self.encode_instruction(batch, self.instruction_drop(batch, shard))
+        return self.objective.loss(global_denoiser(self.bind(cond, text), shard), action_norm)
 
     def predict_action(
         self,
@@ -199,13 +240,18 @@ class ChunkPolicy(nn.Module):
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
         guidance: Guidance | None = None,
+        instruction: str | list[str] | None = None,
+        guidance_scale: float = 1.0,
     ) -> dict[str, Tensor]:
         """Sample chunks: {"action": (B, n_action_steps, Da), "action_pred": (B, horizon, Da)}, unnormalized.
 
         ``guidance`` (policy.rtc.Guidance) samples with real-time chunking's guidance towards a previous chunk.
+        ``instruction`` (one string, or B) and ``guidance_scale`` w: classifier-free guidance of a conditioned policy
+        (w = 1 conditional, 0 unconditional; otherwise each denoiser call runs on 2B rows).
         """
         sampler = self.sampler if sampler is None else sampler
         check_compatible(sampler, self.objective)
+        scale = self.check_instruction_use(instruction, guidance_scale)
         denoiser = self._inference_denoiser()
         # RTC's guidance backpropagates through the denoiser: no_grad (not inference tensors) around the sampling
         with torch.inference_mode() if guidance is None else torch.no_grad():
@@ -216,11 +262,7 @@ class ChunkPolicy(nn.Module):
                 device=cond.device,
                 dtype=cond.dtype,
             )
-            if self.denoiser_dtype is None:
-                denoise = denoiser.bind(cond)
-            else:
-                dtype = DENOISER_DTYPES[self.denoiser_dtype]
-                denoise = _with_io_dtype(denoiser.bind(cond.to(dtype)), dtype)
+            denoise = self._bind_guided(denoiser, cond, instruction, scale)
             if self.compile_denoiser:  # compiled graphs are cached per code object and guarded per module
                 denoise = torch.compile(denoise, dynamic=False)
             if guidance is not None:
@@ -233,6 +275,61 @@ class ChunkPolicy(nn.Module):
                 action_pred = guidance.freeze(action_pred)
         start = self.n_obs_steps - 1
         return {"action": action_pred[:, start : start + self.n_action_steps], "action_pred": action_pred}
+
+    def check_instruction_use(self, instruction: str | list[str] | None, guidance_scale: float) -> float:
+        """The guidance scale; ValueError for instructions a policy cannot take or a missing one it needs."""
+        scale = check_guidance_scale(guidance_scale)
+        if not self.conditioned:
+            if instruction is not None:
+                raise ValueError(
+                    "this policy was trained without instructions; drop instruction= "
+                    "(or train one with instruction_conditioning=true)"
+                )
+            if scale != 1:
+                raise ValueError(
+                    f"guidance_scale={guidance_scale} needs an instruction-conditioned policy; this one was trained "
+                    "without instructions (use guidance_scale=1)"
+                )
+        elif instruction is None and scale != 0:
+            raise ValueError(
+                "this policy is instruction-conditioned: pass instruction='...' "
+                "(or guidance_scale=0 for its unconditional model)"
+            )
+        return scale
+
+    def _bind_guided(
+        self, denoiser: nn.Module, cond: Tensor, instruction: str | list[str] | None, scale: float
+    ) -> Callable[..., Tensor]:
+        """The bound inference denoiser for cond (B, To, Dc): plain, conditional, unconditional, or CFG on 2B rows."""
+        batch = cond.shape[0]
+        text, pair = None, False
+        if self.conditioned:
+            null = self.instruction.null(batch)
+            texts = None if instruction is None else check_instructions(instruction, batch)  # checked even at w = 0
+            if scale == 0:
+                text = null
+            else:
+                text = self.instruction(texts)
+                if scale != 1:
+                    cond, text, pair = torch.cat((cond, cond)), concat_encodings(text, null), True  # (2B, ...)
+        if self.denoiser_dtype is None:
+            denoise = denoiser.bind(cond) if text is None else denoiser.bind(cond, text)
+        else:
+            dtype = DENOISER_DTYPES[self.denoiser_dtype]
+            cast = cond.to(dtype)
+            bound = denoiser.bind(cast) if text is None else denoiser.bind(cast, cast_encoding(text, dtype))
+            denoise = _with_io_dtype(bound, dtype)
+        return classifier_free_guidance(denoise, scale) if pair else denoise
+
+    def _batch_instructions(self, batch: Mapping[str, Any]) -> list[str]:
+        """The batch's "instruction" list, checked; ValueError naming the fix when it is missing."""
+        if "instruction" not in batch:
+            raise ValueError(
+                "this policy is instruction-conditioned but the batch has no 'instruction'; train on a store with "
+                "meta/instruction (python -m data.collect writes it)"
+            )
+        first = next(iter(self.obs_shapes))
+        return check_instructions(batch["instruction"], batch[first].shape[0])
 
     def _inference_denoiser(self) -> nn.Module:
         """The denoiser itself, or its ``denoiser_dtype`` copy, cast again whenever the weights change."""

@@ -46,7 +46,10 @@ class RecedingHorizonController:
         generator: torch.Generator | None = None,
         temporal_ensemble_k: float | None = None,
         execution: Execution | None = None,
+        instruction: str | None = None,
+        guidance_scale: float = 1.0,
     ) -> None:
+        """``instruction`` and ``guidance_scale``: what every chunk of an instruction-conditioned policy is asked."""
         if n_envs < 1:
             raise ValueError(f"n_envs={n_envs} must be >= 1")
         if temporal_ensemble_k is not None and not np.isfinite(temporal_ensemble_k):
@@ -60,6 +63,8 @@ class RecedingHorizonController:
         self.num_steps = num_steps
         self.generator = generator
         self.temporal_ensemble_k = temporal_ensemble_k
+        self.instruction = instruction
+        self.guidance_scale = guidance_scale
         self.n_obs_steps = int(policy.n_obs_steps)
         self.n_action_steps = int(policy.n_action_steps)
         self.obs_keys = tuple(policy.obs_shapes)
@@ -152,7 +157,11 @@ class RecedingHorizonController:
             key: torch.from_numpy(np.ascontiguousarray(self._history[key][envs])).to(device, non_blocking=non_blocking)
             for key in self.obs_keys
         }  # key -> (n, To, ...), uint8 images stay uint8
-        extra = {} if guidance is None else {"guidance": guidance}
+        extra: dict[str, Any] = {} if guidance is None else {"guidance": guidance}
+        if self.instruction is not None:
+            extra["instruction"] = self.instruction
+        if self.guidance_scale != 1:
+            extra["guidance_scale"] = self.guidance_scale
         start = time.perf_counter()
         out = self.policy.predict_action(
             batch, sampler=self.sampler, num_steps=self.num_steps, generator=self.generator, **extra

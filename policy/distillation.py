@@ -118,15 +118,16 @@ class ConsistencyDistiller:
         ``shard``: the batch is this process's rows of a global batch (torchrun), as in ``ChunkPolicy.compute_loss``.
         """
         cond, action = student.loss_inputs(batch, shard)  # (B, To, Dc), (B, H, Da) normalized
+        drop = student.instruction_drop(batch, shard)  # the same null rows for student, teacher and target
         with torch.no_grad():
-            teacher_cond = self.teacher.encode(batch, shard)
-            target_cond = self.target.encode(batch, shard)
+            teacher_cond, teacher_text = self.teacher.encode(batch, shard), self.teacher.encode_instruction(batch, drop)
+            target_cond, target_text = self.target.encode(batch, shard), self.target.encode_instruction(batch, drop)
         # bound outside no_grad: the UNet would otherwise take its inference plan, rebuilt for the target every step
         return student.objective.loss(
-            global_denoiser(student.denoiser.bind(cond), shard),
+            global_denoiser(student.bind(cond, student.encode_instruction(batch, drop)), shard),
             action,
-            teacher=global_denoiser(self.teacher.denoiser.bind(teacher_cond), shard),
-            target=global_denoiser(self.target.denoiser.bind(target_cond), shard),
+            teacher=global_denoiser(self.teacher.bind(teacher_cond, teacher_text), shard),
+            target=global_denoiser(self.target.bind(target_cond, target_text), shard),
         )
 
     @torch.no_grad()

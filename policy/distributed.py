@@ -87,14 +87,20 @@ class World:
             )
         return torch.device("cuda", self.local_rank)
 
-    def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
-        """``module`` in DistributedDataParallel (gradients averaged over the ranks) when distributed, else itself."""
+    def wrap(self, module: nn.Module, device: torch.device, find_unused: bool = False) -> nn.Module:
+        """``module`` in DistributedDataParallel (gradients averaged over the ranks) when distributed, else itself.
+
+        ``find_unused``: some parameters may get no gradient in a step (an instruction policy's null embedding when no
+        row of the batch is dropped, the pooled-only or tokens-only parts of a text encoder); DDP then looks for them.
+        """
         if not self.distributed:
             return module
         # A kernel-1 convolution's weight gradient has an arbitrary stride on its size-1 axis, which DDP reports.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, gradient_as_bucket_view=True)
+        return DistributedDataParallel(
+            module, device_ids=ids, gradient_as_bucket_view=True, find_unused_parameters=find_unused
+        )
 
     def barrier(self) -> None:
         """Wait until every rank got here."""

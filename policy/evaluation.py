@@ -19,6 +19,7 @@ import dataclasses
 import math
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ import torch
 from policy.chunk_policy import ChunkPolicy
 from policy.controller import RecedingHorizonController
 from policy.execution import Execution, delay_from_latency
+from policy.instruction import check_instructions
 from policy.rollout import run_episodes
 from policy.samplers import Sampler, make_sampler
 
@@ -93,6 +95,8 @@ def measure_latency(
     num_steps: int | None,
     execution: Execution,
     chunks: int = LATENCY_CHUNKS,
+    instruction: str | None = None,
+    guidance_scale: float = 1.0,
 ) -> float:
     """Median seconds of one chunk computation at batch 1 on obs {key: (...)}, as the strategy computes it.
 
@@ -107,6 +111,8 @@ def measure_latency(
         num_steps=num_steps,
         generator=generator,
         execution=dataclasses.replace(execution, delay=0),
+        instruction=instruction,
+        guidance_scale=guidance_scale,
     )
     batch = {key: np.asarray(value)[None] for key, value in obs.items()}  # key -> (1, ...)
     while len(probe.latencies) < chunks + 1:
@@ -122,6 +128,8 @@ def resolve_execution(
     num_steps: int | None,
     obs: Mapping[str, np.ndarray],
     fps: float,
+    instruction: str | None = None,
+    guidance_scale: float = 1.0,
 ) -> tuple[Execution, float | None]:
     """(execution bound to the policy with d in steps, the measured latency in s for auto else None); EvalError."""
     latency = None
@@ -130,7 +138,15 @@ def resolve_execution(
             dataclasses.replace(execution, delay=0).bind(policy, sampler.name)
         except ValueError as exc:
             raise EvalError(str(exc)) from exc
-        latency = measure_latency(policy, obs, sampler=sampler, num_steps=num_steps, execution=execution)
+        latency = measure_latency(
+            policy,
+            obs,
+            sampler=sampler,
+            num_steps=num_steps,
+            execution=execution,
+            instruction=instruction,
+            guidance_scale=guidance_scale,
+        )
         execution = dataclasses.replace(execution, delay=delay_from_latency(latency, fps))
     try:
         return execution.bind(policy, sampler.name), latency
@@ -165,8 +181,14 @@ def evaluate(
     temporal_ensemble_k: float | None = None,
     execution: Execution | None = None,
     progress: bool = True,
+    instruction: str | None = None,
+    guidance_scale: float = 1.0,
 ) -> dict[str, Any]:
-    """Roll the policy out for n_episodes seeded episodes (seed + i); returns the summary with per-episode records."""
+    """Roll the policy out for n_episodes seeded episodes (seed + i); returns the summary with per-episode records.
+
+    ``instruction`` / ``guidance_scale``: classifier-free guidance of an instruction-conditioned policy (the NFE is
+    the sampler's; ``denoiser_batch`` says how many rows each call runs per env: 2 under guidance, else 1).
+    """
     execution = Execution() if execution is None else execution
     if temporal_ensemble_k is not None and execution.strategy != "sync":
         raise EvalError(f"temporal_ensemble_k needs execution=sync (it replans every step); got {execution.strategy}")
@@ -177,7 +199,10 @@ def evaluate(
     sampler = resolve_sampler(policy, sampler)
     try:
         steps = sampler.resolve_steps(policy.objective, num_steps)
-    except ValueError as exc:  # a sampler of another objective kind, or a step count the model cannot take
+        scale = policy.check_instruction_use(instruction, guidance_scale)
+        if instruction is not None:
+            check_instructions(instruction, 1)  # an empty or non-string instruction, before any env starts
+    except ValueError as exc:  # another objective's sampler, a step count or an instruction the model cannot take
         raise EvalError(str(exc)) from exc
     make_env = task.factory(include_image="rgb" in policy.obs_types.values())
     probe = make_env()
@@ -191,7 +216,14 @@ def evaluate(
     policy.eval()
     try:
         execution, latency = resolve_execution(
-            policy, execution, sampler=sampler, num_steps=num_steps, obs=first_obs, fps=task.fps
+            policy,
+            execution,
+            sampler=sampler,
+            num_steps=num_steps,
+            obs=first_obs,
+            fps=task.fps,
+            instruction=instruction,
+            guidance_scale=scale,
         )
     finally:
         policy.train(was_training)
@@ -206,6 +238,8 @@ def evaluate(
         generator=generator,
         temporal_ensemble_k=temporal_ensemble_k,
         execution=execution,
+        instruction=instruction,
+        guidance_scale=scale,
     )
     seeds = [seed + i for i in range(n_episodes)]
     video_dir = None if out_dir is None else Path(out_dir) / "videos"
@@ -224,6 +258,10 @@ def evaluate(
         "sampler": sampler.name,
         "num_steps": steps,
         "nfe": sampler.nfe(steps),
+        "instruction": instruction,
+        "guidance_scale": scale,
+        "denoiser_batch": 2 if policy.conditioned and scale not in (0, 1) else 1,
+        "outcomes": dict(Counter(e["outcome"] for e in episodes if e["outcome"] is not None)),
         "temporal_ensemble_k": temporal_ensemble_k,
         **execution.describe(),
         "auto_delay_latency_ms": None if latency is None else latency * 1000,
@@ -285,12 +323,15 @@ def markdown_table(cells: Sequence[Mapping[str, Any]]) -> str:
     "switch jump" is the mean |a_t - a_(t-1)| where a new chunk takes over.
     """
     scored = any(c.get("normalized_score") is not None for c in cells)
+    guided = any(c.get("instruction") is not None or c.get("guidance_scale", 1) != 1 for c in cells)
     head = (
-        "| sampler | steps | NFE | execution | d | success (95% CI) | max reward | "
+        ("| task | instruction | w " if guided else "")
+        + "| sampler | steps | NFE | execution | d | success (95% CI) | max reward | "
         + ("normalized score | " if scored else "")
         + "final reward | length | switch jump | latency ms (median / p90) | wall s |"
     )
-    rows = [head, "|---|---:|---:|---|---:|---|---:|" + ("---:|" if scored else "") + "---:|---:|---:|---|---:|"]
+    rule = ("|---|---|---:" if guided else "") + "|---|---:|---:|---|---:|---|---:|"
+    rows = [head, rule + ("---:|" if scored else "") + "---:|---:|---:|---|---:|"]
     for c in cells:
         lat = c["latency_ms"]
         latency = "-" if lat["median"] is None else f"{lat['median']:.1f} / {lat['p90']:.1f}"
@@ -300,8 +341,9 @@ def markdown_table(cells: Sequence[Mapping[str, Any]]) -> str:
         )
         execution = c.get("execution", "sync") if c.get("temporal_ensemble_k") is None else "temporal_ensemble"
         jump = "-" if c.get("switch_jump") is None else f"{c['switch_jump']:.4f}"
+        prefix = f"| {c['task']} | {c.get('instruction') or '-'} | {c.get('guidance_scale', 1):g} " if guided else ""
         rows.append(
-            f"| {c['sampler']} | {c['num_steps']} | {c['nfe']} | {execution} | {c.get('inference_delay', 0)} | "
+            f"{prefix}| {c['sampler']} | {c['num_steps']} | {c['nfe']} | {execution} | {c.get('inference_delay', 0)} | "
             f"{c['success_rate']:.2f} ({low:.2f}-{high:.2f}) | {c['mean_max_reward']:.3f} | {score}"
             f"{c['mean_final_reward']:.3f} | {c['mean_length']:.1f} | {jump} | {latency} | {c['wall_time_s']:.1f} |"
         )

@@ -8,6 +8,11 @@ and horizon, plus ``step_conditioned=True`` when the objective conditions on a s
 (``objective.step_conditioned``, e.g. shortcut models). The parts are ChunkPolicy's constructor
 arguments: ``ChunkPolicy.from_config`` and ``ChunkPolicy.from_checkpoint`` assemble them, so this
 module never imports ChunkPolicy.
+
+An instruction-conditioned policy's config holds ``instruction: {text_encoder: {...}, p_uncond: 0.1}`` (train.py
+adds it for ``instruction_conditioning=true``, the vocabulary filled from the training store), so a checkpoint
+rebuilds its text encoder alone; the denoiser then receives ``text_dim`` (the text encoder's output_dim). A policy
+config without the entry builds the observation-only policy, exactly as before.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from policy.checkpoint import CheckpointError
+from policy.instruction import InstructionConditioner
 
 POLICY_KEYS = ("horizon", "n_obs_steps", "n_action_steps", "encoder", "denoiser")
 
@@ -42,14 +48,17 @@ def build_parts(
     action_dim = int(meta["action"]["shape"][0])
     objective = instantiate(objective_cfg)
     encoder = instantiate(policy_cfg.encoder, shape_meta=meta["obs"], _convert_="all")
-    step_conditioned = {"step_conditioned": True} if getattr(objective, "step_conditioned", False) else {}
+    extra = {"step_conditioned": True} if getattr(objective, "step_conditioned", False) else {}
+    instruction = build_instruction(policy_cfg.get("instruction"))
+    if instruction is not None:
+        extra["text_dim"] = instruction.output_dim
     denoiser = instantiate(
         policy_cfg.denoiser,
         action_dim=action_dim,
         cond_dim=encoder.output_dim,
         n_obs_steps=policy_cfg.n_obs_steps,
         horizon=policy_cfg.horizon,
-        **step_conditioned,
+        **extra,
         _convert_="all",
     )
     return {
@@ -64,7 +73,18 @@ def build_parts(
         "shape_meta": meta["obs"],
         "compile_denoiser": policy_cfg.get("compile_denoiser", False),
         "denoiser_dtype": policy_cfg.get("denoiser_dtype"),
+        "instruction": instruction,
     }
+
+
+def build_instruction(cfg: DictConfig | Mapping[str, Any] | None) -> InstructionConditioner | None:
+    """The instruction conditioner a policy config's ``instruction`` entry describes (None: no instructions)."""
+    if cfg is None:
+        return None
+    if "text_encoder" not in cfg:
+        raise ValueError("policy.instruction lacks text_encoder; train with instruction_conditioning=true")
+    encoder = instantiate(cfg["text_encoder"], _convert_="all")
+    return InstructionConditioner(encoder, p_uncond=float(cfg.get("p_uncond", 0.1)))
 
 
 def parts_from_checkpoint(ckpt: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,9 @@ minimizers of the training losses, so they are the perfect denoisers:
     flow (a = 1 - t, s = t): v = E[n | x] - E[x0 | x], finite at both t=0 and t=1.
 A sampler fed these must reproduce the mixture up to its discretization error (and, if stochastic, its own
 noise). Computed in float64.
+
+Instruction conditioning (classifier-free guidance): an instruction that selects component k makes
+``component(k)`` the conditional law while the mixture is the unconditional one (the null instruction).
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ class GaussianMixture:
             [list(self.weights), list(self.means), list(self.stds)], dtype=torch.float64, device=device
         )
         return params[0], params[1], params[2]
+
+    def component(self, k: int) -> GaussianMixture:
+        """Component k alone (weight 1): the conditional law when an instruction selects component k."""
+        return GaussianMixture(weights=(1.0,), means=(self.means[k],), stds=(self.stds[k],))
 
     def mean(self) -> float:
         """Mean of the mixture, sum_k w_k mu_k."""

@@ -81,6 +81,7 @@ class _Episode:
         self.seed = seed
         self.success = False
         self.rewards: list[float] = []
+        self.outcome: str | None = None  # the env's last reported "outcome" info (e.g. PickPlace's bin)
         self.frames: list[np.ndarray] | None = [] if record else None
 
     def result(self, error: str | None) -> dict[str, Any]:
@@ -93,6 +94,7 @@ class _Episode:
             "final_reward": self.rewards[-1] if self.rewards else 0.0,
             "length": len(self.rewards),
             "error": error,
+            "outcome": self.outcome,
             "video": None,
         }
 
@@ -194,6 +196,8 @@ def _run_until_done_or_crash(
                     continue
                 episode.rewards.append(float(reward[i]))
                 episode.success |= bool(_info_at(info, "is_success", i))
+                outcome = _info_at(info, "outcome", i)
+                episode.outcome = episode.outcome if outcome is None else str(outcome)
                 if done[i]:
                     finish(episode, _info_at(info, "error", i))
                     slots[i] = None

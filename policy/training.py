@@ -24,6 +24,7 @@ stops every rank after the same step.
 
 from __future__ import annotations
 
+import copy
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -32,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from tqdm import tqdm
 
 from data.atomic import write_text_atomic
 from data.dataset import SequenceDataset, TrainingData, make_train_loader
+from data.multitask import task_instructions
 from data.normalizer import Normalizer
 from policy.checkpoint import CheckpointError, config_to_yaml, rng_state, save_checkpoint, set_rng_state
 from policy.chunk_policy import ChunkPolicy
@@ -48,6 +50,7 @@ from policy.evaluation import EnvTask, evaluate
 from policy.optim import autocast, autocast_enabled, make_optimizer, make_scheduler, resolve_device
 from policy.run_dir import RunDir
 from policy.run_log import RunLog, plot_losses
+from policy.text_encoder import build_vocabulary
 
 # (policy, batch, shard) -> scalar loss: ChunkPolicy.compute_loss or ConsistencyDistiller.loss
 LossFn = Callable[[ChunkPolicy, Mapping[str, torch.Tensor], BatchShard | None], torch.Tensor]
@@ -98,9 +101,38 @@ class TrainingLoss(nn.Module):
         return self.loss_fn(self.policy, batch, self.shard)
 
 
-def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Move a batch to ``device`` (non-blocking from pinned memory on CUDA)."""
-    return {k: v.to(device, non_blocking=device.type == "cuda") for k, v in batch.items()}
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move a batch's tensors to ``device`` (non-blocking from pinned memory on CUDA); instruction lists stay."""
+    return {
+        k: v.to(device, non_blocking=device.type == "cuda") if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
+
+
+def instruction_policy_config(cfg: DictConfig, train_set: SequenceDataset) -> DictConfig:
+    """cfg.policy, plus ``instruction`` (text encoder, vocabulary of the store's instructions, p_uncond) if conditioned.
+
+    The entry also records ``tasks`` ({task: instruction} of a store with meta/task) for per-task evaluation. A
+    policy config that has the entry already (a distilled teacher's) is kept; ValueError if
+    ``instruction_conditioning=true`` meets a store without instructions.
+    """
+    if "instruction" in cfg.policy or not cfg.get("instruction_conditioning", False):
+        return cfg.policy
+    instructions = train_set.instructions
+    if not instructions:
+        raise ValueError(
+            f"instruction_conditioning=true needs a store with per-episode instructions (meta/instruction); "
+            f"{cfg.task.dataset_path} has none: re-collect it with python -m data.collect or set "
+            "instruction_conditioning=false"
+        )
+    text_encoder = OmegaConf.to_container(cfg.text_encoder, resolve=True)
+    if "vocabulary" in text_encoder:
+        text_encoder["vocabulary"] = build_vocabulary(instructions)
+    policy_cfg = copy.deepcopy(cfg.policy)
+    with open_dict(policy_cfg):
+        tasks = task_instructions(train_set.buffer) if "task" in train_set.buffer.meta_keys() else {}
+        policy_cfg.instruction = {"text_encoder": text_encoder, "p_uncond": cfg.cfg.p_uncond, "tasks": tasks}
+    return policy_cfg
 
 
 def validation_loss(
@@ -273,7 +305,8 @@ def _train_session(
     torch.manual_seed(cfg.seed)
     device = world.device(resolve_device(cfg.device))
 
-    policy = ChunkPolicy.from_config(cfg.policy, cfg.objective, cfg.sampler, shape_meta)
+    policy_cfg = instruction_policy_config(cfg, train_set)
+    policy = ChunkPolicy.from_config(policy_cfg, cfg.objective, cfg.sampler, shape_meta)
     use_amp = autocast_enabled(cfg.amp, device, images="rgb" in policy.obs_types.values())
     start = world.from_main(lambda: _start_state(cfg, session, data, policy, rollout_task, world, teacher is None))
     run_dir = Path(start["run_dir"])
@@ -318,7 +351,7 @@ def _train_session(
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", config_to_yaml(resolved))
     build = {
-        "policy": resolved["policy"],
+        "policy": OmegaConf.to_container(policy_cfg, resolve=True),
         "objective": resolved["objective"],
         "sampler": resolved["sampler"],
         "shape_meta": shape_meta,
@@ -367,7 +400,7 @@ def _train_session(
         world_size=world.size,
     )
     shard = BatchShard.of(world, cfg.training.batch_size) if world.distributed else None
-    loss_of = world.wrap(TrainingLoss(policy, compute_loss, shard), device)
+    loss_of = world.wrap(TrainingLoss(policy, compute_loss, shard), device, find_unused=policy.conditioned)
     if main:
         print(
             f"run dir {run_dir}\n{len(train_set)} training windows, {len(val_set)} validation windows, "

@@ -16,6 +16,10 @@ Written by hand (not ``nn.TransformerDecoder``) so the observation-only work is 
 per ``predict_action``, and each denoising step computes all blocks' adaLN modulations with one
 matmul. Attention is ``F.scaled_dot_product_attention`` (flash/efficient kernels on CUDA).
 
+``text_dim > 0`` (instruction-conditioned policies): the instruction's tokens, projected to d_model, join the
+observation tokens in every block's cross-attention memory (padding masked), so the action tokens attend to the
+words they need beside the observation steps.
+
 ``step_conditioned=True`` adds a step-size embedding summed into the timestep embedding (as in
 ConditionalUnet1D); without it the parameters are unchanged.
 """
@@ -29,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policy.unet import TimestepEmbedding, first_rows, step_embedding, time_and_step_embedding
+from policy.text_encoder import TextEncoding
+from policy.unet import TimestepEmbedding, check_text, first_rows, step_embedding, time_and_step_embedding
 
 
 def _heads(x: Tensor, n_heads: int) -> Tensor:
@@ -66,19 +71,22 @@ class TransformerBlock(nn.Module):
         self.modulation_size = 6 * d_model
 
     def memory(self, obs_tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys and values (B, H, To, D / H) each, from observation tokens (B, To, D)."""
+        """Cross-attention keys and values (B, H, M, D / H) each, from memory tokens (B, M, D)."""
         k, v = self.cross_kv(obs_tokens).chunk(2, dim=-1)
         return _heads(k, self.n_heads), _heads(v, self.n_heads)
 
-    def forward(self, x: Tensor, modulation: Tensor, memory: tuple[Tensor, Tensor]) -> Tensor:
-        """x (B, T, D), modulation (B, 6 D), memory from ``memory`` -> (B, T, D)."""
+    def forward(
+        self, x: Tensor, modulation: Tensor, memory: tuple[Tensor, Tensor], memory_mask: Tensor | None = None
+    ) -> Tensor:
+        """x (B, T, D), modulation (B, 6 D), memory from ``memory``, key mask (B, 1, 1, M) or None -> (B, T, D)."""
         shift1, scale1, gate1, shift3, scale3, gate3 = modulation.chunk(6, dim=-1)
         p = self.dropout if self.training else 0.0
         q, k, v = (_heads(z, self.n_heads) for z in self.qkv(_modulate(self.norm1(x), shift1, scale1)).chunk(3, dim=-1))
         attn = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2).flatten(2)  # (B, T, D)
         x = torch.addcmul(x, gate1[:, None], self.attn_out(attn))
         q = _heads(self.cross_q(self.norm2(x)), self.n_heads)
-        cross = F.scaled_dot_product_attention(q, *memory, dropout_p=p).transpose(1, 2).flatten(2)
+        cross = F.scaled_dot_product_attention(q, *memory, attn_mask=memory_mask, dropout_p=p)
+        cross = cross.transpose(1, 2).flatten(2)  # (B, T, D)
         x = x + self.cross_out(cross)
         return torch.addcmul(x, gate3[:, None], self.mlp(_modulate(self.norm3(x), shift3, scale3)))
 
@@ -98,8 +106,13 @@ class DiffusionTransformer(nn.Module):
         dropout: float = 0.1,
         diffusion_step_embed_dim: int = 128,
         step_conditioned: bool = False,
+        text_dim: int = 0,
     ) -> None:
-        """step_conditioned adds a step-size embedding summed into the timestep's (no parameters otherwise)."""
+        """step_conditioned adds a step-size embedding summed into the timestep's (no parameters otherwise).
+
+        ``text_dim`` > 0 (instruction-conditioned policies) adds instruction tokens (B, L, text_dim), projected to
+        d_model, to the cross-attention memory beside the observation tokens; 0 keeps the parameters unchanged.
+        """
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}; change one of them")
@@ -111,6 +124,8 @@ class DiffusionTransformer(nn.Module):
         self.action_pos = nn.Parameter(torch.randn(1, horizon, d_model) * 0.02)
         self.obs_in = nn.Linear(cond_dim, d_model)
         self.obs_pos = nn.Parameter(torch.randn(1, n_obs_steps, d_model) * 0.02)
+        self.text_dim = text_dim
+        self.text_in = nn.Linear(text_dim, d_model) if text_dim else None
         self.time_embedding = TimestepEmbedding(diffusion_step_embed_dim)
         self.step_embedding = step_embedding(diffusion_step_embed_dim) if step_conditioned else None
         self.blocks = nn.ModuleList(TransformerBlock(d_model, n_heads, dropout) for _ in range(n_layers))
@@ -123,38 +138,55 @@ class DiffusionTransformer(nn.Module):
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
 
-    def bind(self, cond: Tensor) -> Callable[..., Tensor]:
+    def bind(self, cond: Tensor, text: TextEncoding | None = None) -> Callable[..., Tensor]:
         """Precompute every block's cross-attention keys/values from cond (B, To, Dc); returns (x, t[, step]) -> out.
 
-        The returned callable also takes the first B' <= B rows of the bound batch (x (B', T, Da), t (B',)).
+        ``text``: the encoded instruction of an instruction-conditioned transformer; its tokens (B, L, text_dim) join
+        the memory after the observation tokens (its padding masked). The returned callable also takes the first
+        B' <= B rows of the bound batch (x (B', T, Da), t (B',)).
         """
         if cond.ndim != 3 or cond.shape[1:] != (self.n_obs_steps, self.cond_dim):
             raise ValueError(
                 f"DiffusionTransformer expects cond of shape (B, {self.n_obs_steps}, {self.cond_dim}), "
                 f"got {tuple(cond.shape)}; check n_obs_steps and the encoder's output_dim"
             )
-        obs_tokens = self.obs_in(cond) + self.obs_pos  # (B, To, D)
-        memories = [block.memory(obs_tokens) for block in self.blocks]
-        return functools.partial(self._denoise, memories=memories)
+        check_text(self, text, cond.shape[0])
+        tokens = self.obs_in(cond) + self.obs_pos  # (B, To, D)
+        mask = None
+        if text is not None:
+            tokens = torch.cat((tokens, self.text_in(text.tokens.to(tokens.dtype))), dim=1)  # (B, To + L, D)
+            observed = torch.ones(cond.shape[:2], dtype=torch.bool, device=cond.device)
+            mask = torch.cat((observed, text.mask), dim=1)[:, None, None]  # (B, 1, 1, To + L)
+        memories = [block.memory(tokens) for block in self.blocks]
+        return functools.partial(self._denoise, memories=memories, memory_mask=mask)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor, step: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, cond: Tensor, step: Tensor | None = None, text: TextEncoding | None = None
+    ) -> Tensor:
         """Denoise x (B, T, Da) at timestep t (B,) (and step size step (B,)) given cond (B, To, Dc) -> (B, T, Da)."""
-        return self.bind(cond)(x, t, step)
+        return self.bind(cond, text)(x, t, step)
 
     def _denoise(
-        self, x: Tensor, t: Tensor, step: Tensor | None = None, *, memories: list[tuple[Tensor, Tensor]]
+        self,
+        x: Tensor,
+        t: Tensor,
+        step: Tensor | None = None,
+        *,
+        memories: list[tuple[Tensor, Tensor]],
+        memory_mask: Tensor | None = None,
     ) -> Tensor:
-        """Run the blocks with precomputed cross-attention memories."""
+        """Run the blocks with precomputed cross-attention memories (and their key mask)."""
         if x.ndim != 3 or x.shape[1:] != (self.horizon, self.action_dim):
             raise ValueError(
                 f"DiffusionTransformer expects x of shape (B, {self.horizon}, {self.action_dim}), got {tuple(x.shape)}"
             )
         memories = [(first_rows(k, x.shape[0]), first_rows(v, x.shape[0])) for k, v in memories]
+        mask = None if memory_mask is None else first_rows(memory_mask, x.shape[0])
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         t_emb = time_and_step_embedding(self, t, step)  # (B, Dt)
         modulations = self.modulation(F.silu(t_emb)).split(self.modulation_sizes, dim=-1)
         h = self.action_in(x) + self.action_pos  # (B, T, D)
         for block, modulation, memory in zip(self.blocks, modulations, memories):
-            h = block(h, modulation, memory)
+            h = block(h, modulation, memory, mask)
         shift, scale = modulations[-1].chunk(2, dim=-1)
         return self.action_out(_modulate(self.final_norm(h), shift, scale))

@@ -29,6 +29,10 @@ parameters:
 shortcut models) adds a second sinusoidal embedding, of the step size, summed into the timestep
 embedding; its last layer starts at zero. Without it the module has exactly Diffusion Policy's
 parameters, so existing checkpoints load unchanged.
+
+``text_dim > 0`` (instruction-conditioned policies) adds one bias-free Linear from the pooled instruction (B, text_dim)
+to all FiLM inputs, summed with the observation half in ``bind(cond, text)``: the instruction enters every residual
+block's FiLM beside the observation features, and still costs nothing per denoising step.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policy.mish import mish
+from policy.text_encoder import TextEncoding
 from policy.unet_cpu_inference import CpuInferencePlan, PlanCache
 
 
@@ -82,6 +87,20 @@ def first_rows(bound: Tensor, rows: int) -> Tensor:
     if rows > bound.shape[0]:
         raise ValueError(f"x has {rows} rows but the denoiser was bound to a batch of {bound.shape[0]}")
     return bound if rows == bound.shape[0] else bound[:rows]
+
+
+def check_text(denoiser: nn.Module, text: TextEncoding | None, batch: int) -> None:
+    """ValueError unless ``text`` is given exactly when the denoiser is instruction-conditioned, for ``batch`` rows."""
+    name = type(denoiser).__name__
+    if text is None and denoiser.text_dim:
+        raise ValueError(f"{name} was built for instructions (text_dim={denoiser.text_dim}); bind it with text=")
+    if text is not None and not denoiser.text_dim:
+        raise ValueError(f"{name} was built without instructions (text_dim=0); bind it without text=")
+    if text is not None and (text.pooled.shape != (batch, denoiser.text_dim) or text.tokens.shape[0] != batch):
+        raise ValueError(
+            f"{name} expects instruction encodings of {batch} rows and width {denoiser.text_dim}, got tokens "
+            f"{tuple(text.tokens.shape)} and pooled {tuple(text.pooled.shape)}"
+        )
 
 
 def time_and_step_embedding(denoiser: nn.Module, t: Tensor, step: Tensor | None) -> Tensor:
@@ -214,8 +233,13 @@ class ConditionalUnet1D(nn.Module):
         n_groups: int = 8,
         diffusion_step_embed_dim: int = 128,
         step_conditioned: bool = False,
+        text_dim: int = 0,
     ) -> None:
-        """step_conditioned adds a step-size embedding summed into the timestep's (no parameters otherwise)."""
+        """step_conditioned adds a step-size embedding summed into the timestep's (no parameters otherwise).
+
+        ``text_dim`` > 0 (the factory sets it for instruction-conditioned policies) adds a FiLM input from the pooled
+        instruction (B, text_dim) beside the observation features; 0 keeps Diffusion Policy's parameters.
+        """
         super().__init__()
         down_dims = list(down_dims)
         if not down_dims:
@@ -278,6 +302,8 @@ class ConditionalUnet1D(nn.Module):
         bound = (diffusion_step_embed_dim + n_obs_steps * cond_dim) ** -0.5  # nn.Linear's init of the joint layer
         for p in (self.film_time.weight, self.film_obs.weight, self.film_obs.bias):
             nn.init.uniform_(p, -bound, bound)
+        self.text_dim = text_dim
+        self.film_text = nn.Linear(text_dim, sum(self.film_sizes), bias=False) if text_dim else None
         self._cpu_plans = PlanCache()  # not a submodule: no state_dict entries
 
     def uses_cpu_plan(self, batch: int, device: torch.device) -> bool:
@@ -288,23 +314,29 @@ class ConditionalUnet1D(nn.Module):
         """Timestep embedding (B, Dt) of t (B,), plus the step-size embedding of step (B,) when step-conditioned."""
         return time_and_step_embedding(self, t, step)
 
-    def bind(self, cond: Tensor) -> Callable[..., Tensor]:
-        """Precompute the observation part of the FiLM from cond (B, To, Dc); returns (x, t[, step]) -> x_out.
+    def bind(self, cond: Tensor, text: TextEncoding | None = None) -> Callable[..., Tensor]:
+        """Precompute the observation (and instruction) part of the FiLM from cond (B, To, Dc); returns (x, t[, step]).
 
-        The returned callable also takes the first B' <= B rows of the bound batch (x (B', T, Da), t (B',)).
+        ``text``: the encoded instruction of an instruction-conditioned UNet (its pooled (B, text_dim) enters the
+        FiLM). The returned callable also takes the first B' <= B rows of the bound batch (x (B', T, Da), t (B',)).
         """
         if cond.ndim != 3 or cond.shape[1:] != (self.n_obs_steps, self.cond_dim):
             raise ValueError(
                 f"ConditionalUnet1D expects cond of shape (B, {self.n_obs_steps}, {self.cond_dim}), "
                 f"got {tuple(cond.shape)}; check n_obs_steps and the encoder's output_dim"
             )
+        check_text(self, text, cond.shape[0])
         obs_film = self.film_obs(F.mish(cond.flatten(1)))  # (B, F)
+        if text is not None:
+            obs_film = obs_film + self.film_text(F.mish(text.pooled))  # (B, F)
         plan = self._cpu_plans.get(self) if self.uses_cpu_plan(cond.shape[0], cond.device) else None
         return functools.partial(self._denoise, obs_film=obs_film, plan=plan)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor, step: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, cond: Tensor, step: Tensor | None = None, text: TextEncoding | None = None
+    ) -> Tensor:
         """Denoise x (B, T, Da) at timestep t (B,) (and step size step (B,)) given cond (B, To, Dc) -> (B, T, Da)."""
-        return self.bind(cond)(x, t, step)
+        return self.bind(cond, text)(x, t, step)
 
     def _denoise(
         self,

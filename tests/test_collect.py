@@ -35,6 +35,9 @@ def test_collect_stores_successful_episodes_with_both_modes(tmp_path):
     assert buffer.attrs["task"] == "push_around" and buffer.attrs["mode_names"] == ["left", "right"]
     assert buffer.attrs["obs_keys"] == ["agent_pos", "image", "state"] and buffer.attrs["fps"] == 10
     assert set(buffer.episode_meta("mode").tolist()) == {0, 1}  # both modes in the data
+    sides = {0: "go around the left end of the wall", 1: "go around the right end of the wall"}
+    assert [str(t) for t in buffer.episode_meta("instruction")] == [sides[m] for m in buffer.episode_meta("mode")]
+    assert set(buffer.episode_meta("task").tolist()) == {"push_around"}
     assert buffer.episode_meta("success").all()
     assert sum(summary["mode_counts"].values()) == 6
     np.testing.assert_array_equal(buffer.episode_meta("seed"), np.arange(6))
@@ -218,3 +221,36 @@ def test_wrong_task_and_bad_counts_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="max_attempts=0 must be an integer >= 1"):
         collect(task_cfg(), 1, out, max_attempts=0)
     assert ReplayBuffer.open(out, mode="a").n_episodes == 1  # the refused runs released the store's lock
+
+
+@pytest.mark.parametrize(
+    ("task", "instructions"),
+    [
+        ("pick_place_top", ("put the cube in the left bin", "put the cube in the right bin")),
+        ("push_t", ("rotate the T into place, then slide it", "slide the T into place, then rotate it")),
+    ],
+)
+def test_every_expert_mode_has_its_instruction(task, instructions):
+    cfg = task_cfg(task)
+    runner = EpisodeRunner(cfg["env_id"], cfg["env_kwargs"], 1, None)
+    try:
+        assert runner.expert.mode_instructions == instructions
+        result = runner.run(0)
+        assert result["instruction"] == instructions[result["mode"]]
+    finally:
+        runner.close()
+
+
+def test_a_store_collected_before_instructions_keeps_its_meta_keys(tmp_path):
+    out = tmp_path / "old.zarr"
+    cfg = task_cfg()
+    collect(cfg, 1, out, progress=False)
+    old = ReplayBuffer.open(out)  # rewrite it as an older actchunk stored it: seed, mode, success only
+    episode, meta = old.get_episode(0), {k: old.episode_meta(k)[:1].tolist()[0] for k in ("seed", "mode", "success")}
+    old.close()
+    legacy = tmp_path / "legacy.zarr"
+    buffer = ReplayBuffer.create(legacy, attrs=dict(ReplayBuffer.open(out).attrs))
+    buffer.add_episode(episode, meta)
+    buffer.close()
+    collect(cfg, 2, legacy, progress=False)
+    assert sorted(ReplayBuffer.open(legacy).meta_keys()) == ["mode", "seed", "success"]

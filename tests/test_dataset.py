@@ -103,3 +103,26 @@ def test_train_loader_yields_whole_batches_from_a_start_batch(buffer: ReplayBuff
     first = next(it)
     expected = ds.__getitems__(next(b for i, b in enumerate(ResumableBatchSampler(len(ds), 4, seed=1)) if i == 2))
     assert all(torch.equal(first[k], expected[k]) for k in expected)
+
+
+def test_batches_carry_their_episodes_instruction(tmp_path) -> None:
+    buf = ReplayBuffer.create(tmp_path / "i.zarr")
+    texts = ["put the cube in the left bin", "put the cube in the right bin", "go around the left end of the wall"]
+    for i, text in enumerate(texts):
+        t = 10 + i
+        buf.add_episode(
+            {"agent_pos": np.full((t, 2), i, np.float32), "action": np.zeros((t, 2), np.float32)}, {"instruction": text}
+        )
+    ds = SequenceDataset(
+        ReplayBuffer.open(tmp_path / "i.zarr"), horizon=8, n_obs_steps=2, n_action_steps=4, obs_keys=["agent_pos"]
+    )
+    batch = ds.__getitems__(list(range(len(ds))))
+    episode = batch["agent_pos"][:, 0, 0].long().tolist()
+    assert batch["instruction"] == [texts[e] for e in episode] and set(episode) == {0, 1, 2}
+    assert ds.instructions == sorted(texts)
+    assert ds[0]["instruction"] == texts[0]
+
+
+def test_stores_without_instructions_give_none(buffer: ReplayBuffer) -> None:
+    ds = _ds(buffer)
+    assert "instruction" not in ds.__getitems__([0]) and ds.instructions == []

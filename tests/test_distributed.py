@@ -273,3 +273,23 @@ def test_a_sweep_split_over_two_ranks_writes_the_single_process_results(runs):
     ]
     for a, b in zip(one["cells"], two["cells"], strict=True):
         assert {k: v for k, v in a.items() if k not in timings} == {k: v for k, v in b.items() if k not in timings}
+
+
+def test_instruction_conditioned_training_on_two_ranks_matches_one_process(tmp_path, store):
+    conditioned = ["instruction_conditioning=true", "text_encoder.dim=16", "text_encoder.n_heads=2", "cfg.p_uncond=0.5"]
+    one = start(
+        [
+            sys.executable,
+            "train.py",
+            *overrides(tmp_path / "one", store, 6),
+            *conditioned,
+            f"hydra.run.dir={tmp_path / 'one'}",
+        ]
+    )
+    two = start([*TORCHRUN, "train.py", *overrides(tmp_path / "two", store, 6), *conditioned])
+    for job in (one, two):
+        out = finish(job)
+        assert job.returncode == 0, out[-3000:]  # parameters a step leaves without gradient do not stop DDP
+    (two_dir,) = (tmp_path / "two").glob("*/*_tiny")
+    first, second = records(tmp_path / "one"), records(two_dir)
+    np.testing.assert_allclose([second[s]["loss"] for s in first], [first[s]["loss"] for s in first], rtol=0, atol=1e-5)

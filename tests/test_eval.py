@@ -39,7 +39,7 @@ def _task_cfg(max_steps=6):
     return task
 
 
-def _build(shape_meta, objective="DDPM", sampler="DDIMSampler"):
+def _build(shape_meta, objective="DDPM", sampler="DDIMSampler", instructions=None):
     policy_cfg = {
         "horizon": 8,
         "n_obs_steps": 2,
@@ -57,6 +57,10 @@ def _build(shape_meta, objective="DDPM", sampler="DDIMSampler"):
             "diffusion_step_embed_dim": 16,
         },
     }
+    if instructions is not None:
+        text = {"_target_": "policy.text_encoder.VocabularyTextEncoder", "dim": 8, "n_heads": 2}
+        text["vocabulary"] = sorted({w for t in instructions for w in t.split()})
+        policy_cfg["instruction"] = {"text_encoder": text, "p_uncond": 0.1, "tasks": {}}
     build = {
         "policy": policy_cfg,
         "objective": {"_target_": f"policy.objectives.{objective}"},
@@ -370,3 +374,38 @@ def test_invalid_execution_combinations_are_one_line_errors(ckpt, tmp_path):
         timeout=120,
     )
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "inference_delay must be 0" in proc.stderr
+
+
+def test_instruction_and_guidance_scale_reach_every_chunk_and_the_results(tmp_path):
+    sides = ["go around the left end of the wall", "go around the right end of the wall"]
+    ckpt = _checkpoint(tmp_path / "run" / "checkpoints" / "latest.ckpt", instructions=sides)
+    out = tmp_path / "out"
+    res = eval_script.run(
+        _cfg(
+            f"checkpoint={ckpt}",
+            "n_episodes=1",
+            "n_envs=1",
+            "n_videos=0",
+            "progress=false",
+            f"out_dir={out}",
+            f"instruction={sides[0]}",
+            "guidance_scale=2",
+        )
+    )
+    assert res["instruction"] == sides[0] and res["guidance_scale"] == 2.0 and res["denoiser_batch"] == 2
+    assert res["nfe"] == 2 and res["n_errors"] == 0
+    assert f"| {sides[0]} | 2 | ddim |" in (out / "results.md").read_text()
+    with pytest.raises(evaluation.EvalError, match="pass instruction="):
+        eval_script.run(_cfg(f"checkpoint={ckpt}", "n_episodes=1", "n_envs=1", "progress=false", f"out_dir={out}"))
+    with pytest.raises(evaluation.EvalError, match="instruction 0 is empty"):
+        eval_script.run(_cfg(f"checkpoint={ckpt}", "n_episodes=1", "n_envs=1", f"out_dir={out}", "instruction=''"))
+
+
+def test_instructions_for_a_policy_without_them_and_tasks_of_a_single_task_are_refused(ckpt, tmp_path):
+    base = [f"checkpoint={ckpt}", "n_episodes=1", "n_envs=1", "progress=false", f"out_dir={tmp_path}"]
+    with pytest.raises(evaluation.EvalError, match="trained without instructions; drop instruction="):
+        eval_script.run(_cfg(*base, "instruction=go left"))
+    with pytest.raises(evaluation.EvalError, match="needs an instruction-conditioned policy"):
+        eval_script.run(_cfg(*base, "guidance_scale=2"))
+    with pytest.raises(evaluation.EvalError, match="is a single task"):
+        eval_script.run(_cfg(*base, "tasks=all"))

@@ -11,15 +11,16 @@ import mujoco
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 import envs
+import eval as eval_script
 import train
 from data.collect import collect
 from data.replay_buffer import ReplayBuffer
 from envs.experts import make_expert
 from envs.metaworld import MetaWorldEnv
-from envs.metaworld_tasks import METAWORLD_TASK_NAMES, metaworld_env_id
+from envs.metaworld_tasks import METAWORLD_INSTRUCTIONS, METAWORLD_TASK_NAMES, metaworld_env_id
 from envs.task_env import TaskEnv
 from policy.checkpoint import checkpoint_config, load_checkpoint
 from policy.chunk_policy import ChunkPolicy
@@ -313,3 +314,75 @@ def test_camera_pos_moves_the_observation_camera_only():
         plain.close()
     with pytest.raises(ValueError, match=r"camera_pos=\[1, 2\] needs 3 coordinates"):
         MetaWorldEnv("push-v3", camera="corner2", camera_pos=[1, 2])
+
+
+def test_every_task_has_a_short_instruction_the_expert_reports():
+    assert list(METAWORLD_INSTRUCTIONS) == list(METAWORLD_TASK_NAMES)
+    assert all(0 < len(text.split()) <= 12 for text in METAWORLD_INSTRUCTIONS.values())
+    assert len(set(METAWORLD_INSTRUCTIONS.values())) == len(METAWORLD_INSTRUCTIONS)
+    env = gymnasium.make(metaworld_env_id("push-v3"), include_image=False, disable_env_checker=True)
+    expert = make_expert(metaworld_env_id("push-v3"))
+    env.reset(seed=0)
+    expert.reset(env, np.random.default_rng(0))
+    env.close()
+    assert expert.instruction == "push the puck to the goal"
+
+
+def test_multi_task_store_policy_and_per_task_evaluation(tmp_path):
+    overrides = [
+        "task=metaworld_multi",
+        "task.n_demos=1",
+        f"task.dataset_path={tmp_path / 'multi.zarr'}",
+        "task.env_kwargs.image_size=32",
+        "policy.encoder.crop_shape=[28,28]",
+        "policy.encoder.feature_dim=8",
+        "policy.encoder.num_keypoints=4",
+        "policy.denoiser.down_dims=[16,32]",
+        "policy.denoiser.diffusion_step_embed_dim=16",
+        "policy.horizon=8",
+        "policy.n_action_steps=4",
+        "training.batch_size=8",
+        "training.max_steps=2",
+        "training.warmup_steps=1",
+        "training.val_batches=1",
+        "dataset.collect_workers=1",
+        "dataset.val_ratio=0",
+        "instruction_conditioning=true",
+        "text_encoder.dim=16",
+        "text_encoder.n_heads=2",
+        f"output_root={tmp_path}",
+        "name=mw_multi",
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.task.tasks = {name: metaworld_env_id(name) for name in ("reach-v3", "push-v3")}
+    summary = train.run(cfg, tmp_path / "run", progress=False)  # collects each task, then merges them
+    store = ReplayBuffer.open(tmp_path / "multi.zarr")
+    assert store.attrs["tasks"] == ["reach-v3", "push-v3"] and store.n_episodes == 2
+    assert [str(t) for t in store.episode_meta("instruction")] == [
+        METAWORLD_INSTRUCTIONS["reach-v3"],
+        METAWORLD_INSTRUCTIONS["push-v3"],
+    ]
+    ckpt = load_checkpoint(summary["latest"])
+    policy = ChunkPolicy.from_checkpoint(summary["latest"], loaded=ckpt)
+    assert policy.conditioned and policy.instruction_config["tasks"] == {
+        name: METAWORLD_INSTRUCTIONS[name] for name in ("reach-v3", "push-v3")
+    }
+    task_cfg = {**checkpoint_config(ckpt)["task"], "max_episode_steps": 8}
+    eval_cfg = OmegaConf.create({"tasks": "all", "instruction": None})
+    targets = eval_script.plan_targets(eval_cfg, task_cfg, policy)
+    assert [(name, text) for name, _, text in targets] == [
+        ("reach-v3", METAWORLD_INSTRUCTIONS["reach-v3"]),
+        ("push-v3", METAWORLD_INSTRUCTIONS["push-v3"]),
+    ]
+    for name, task, text in targets:
+        result = evaluate(
+            policy, task, n_episodes=1, n_envs=1, seed=0, instruction=text, guidance_scale=2.0, progress=False
+        )
+        assert result["task"] == metaworld_env_id(name) and result["instruction"] == text
+        assert result["denoiser_batch"] == 2 and result["n_errors"] == 0
+    with pytest.raises(ValueError, match="not this checkpoint's"):
+        eval_script.plan_targets(OmegaConf.create({"tasks": ["door-open-v3"], "instruction": None}), task_cfg, policy)
+    with pytest.raises(ValueError, match="drop instruction="):
+        eval_script.plan_targets(OmegaConf.create({"tasks": "all", "instruction": "x"}), task_cfg, policy)

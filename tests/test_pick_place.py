@@ -59,12 +59,13 @@ def test_success_only_when_cube_rests_in_a_bin(env, bin_index):
     _put_cube(env, (*env.bin_centers[bin_index], env.cube_half))
     _, reward, terminated, _, info = env.step(OPEN_HOLD)
     assert info["is_success"] and reward == 1.0 and not terminated
+    assert info["outcome"] == ("left_bin", "right_bin")[bin_index]  # the bin the cube is in (instruction following)
     _put_cube(env, (*env.bin_centers[bin_index], 0.15))  # above the bin, falling
     _, reward, _, _, info = env.step(OPEN_HOLD)
     assert not info["is_success"] and reward == 0.0
     _put_cube(env, (0.0, 0.05, env.cube_half))  # on the table between the bins
     _, reward, _, _, info = env.step(OPEN_HOLD)
-    assert not info["is_success"] and reward == 0.0
+    assert not info["is_success"] and reward == 0.0 and info["outcome"] == ""
 
 
 def test_gripper_tracks_target_and_closes(env):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -153,3 +154,22 @@ def test_cli_round_trip_and_error(hdf5: Path, tmp_path: Path, capsys: pytest.Cap
     assert main(["export", str(tmp_path / "c.zarr"), str(tmp_path / "c.hdf5")]) == 0
     assert main(["import", str(hdf5), str(tmp_path / "c.zarr")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_instructions_round_trip_through_ep_meta_lang(tmp_path: Path) -> None:
+    buf = ReplayBuffer.create(tmp_path / "ours.zarr", attrs={"task": "pick_place"})
+    texts = ["put the cube in the left bin", "put the cube in the right bin"]
+    for text in texts:
+        buf.add_episode(
+            {"agent_pos": np.zeros((4, 2), np.float32), "action": np.zeros((4, 2), np.float32)}, {"instruction": text}
+        )
+    buf.close()
+    out = export_hdf5(tmp_path / "ours.zarr", tmp_path / "ours.hdf5")
+    with h5py.File(out, "r") as f:
+        assert json.loads(f["data/demo_1"].attrs["ep_meta"]) == {"lang": texts[1]}
+    back = import_hdf5(out, tmp_path / "back.zarr")
+    assert [str(t) for t in back.episode_meta("instruction")] == texts
+    with h5py.File(out, "a") as f:
+        del f["data/demo_1"].attrs["ep_meta"]
+    with pytest.raises(RobomimicFormatError, match="data/demo_1 has no ep_meta 'lang'"):
+        import_hdf5(out, tmp_path / "partial.zarr")

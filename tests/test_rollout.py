@@ -22,10 +22,11 @@ class CountingEnv(gymnasium.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, bad_seed=None, crash_seed=None, terminate_on_success=False):
+    def __init__(self, bad_seed=None, crash_seed=None, terminate_on_success=False, outcome=False):
         self.observation_space = spaces.Dict({"state": spaces.Box(-np.inf, np.inf, (2,), np.float32)})
         self.action_space = spaces.Box(-1, 1, (1,), np.float32)
         self.bad_seed, self.crash_seed, self.terminate_on_success = bad_seed, crash_seed, terminate_on_success
+        self.outcome = outcome  # report info["outcome"]: "odd" or "even" step
         self.seed_, self.t = 0, 0
 
     def _obs(self):
@@ -43,7 +44,8 @@ class CountingEnv(gymnasium.Env):
         if self.seed_ == self.crash_seed and self.t == 2:
             os._exit(3)
         success = self.t == self.seed_ % 3 + 1
-        return self._obs(), float(self.t), bool(success and self.terminate_on_success), False, {"is_success": success}
+        info = {"is_success": success, **({"outcome": "odd" if self.t % 2 else "even"} if self.outcome else {})}
+        return self._obs(), float(self.t), bool(success and self.terminate_on_success), False, info
 
     def render(self):
         return np.full((16, 16, 3), self.t * 10, dtype=np.uint8)
@@ -77,6 +79,15 @@ def test_every_seed_runs_once_with_success_at_any_step_and_per_slot_resets():
     # success happens at one step only (then is_success is False again): still counted
     assert all(r["success"] and r["length"] == 5 and r["error"] is None for r in records)
     assert records[0]["max_reward"] == 5.0 and records[0]["final_reward"] == 5.0
+
+
+def test_episodes_record_the_last_outcome_the_env_reports():
+    assert [r["outcome"] for r in _run(2, [0, 1, 2], env={"outcome": True, "terminate_on_success": True})] == [
+        "odd",
+        "even",
+        "odd",
+    ]
+    assert all(r["outcome"] is None for r in _run(1, [0]))
 
 
 def test_terminate_on_success_ends_episodes_at_their_own_lengths():

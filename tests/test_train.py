@@ -313,3 +313,53 @@ def test_bad_settings_fail_before_the_store_is_opened_and_leave_no_run_dir(tmp_p
     with pytest.raises(ValueError, match=re.escape(message)):
         train(_compose([*tiny_overrides(tmp_path, missing), override]), run_dir, progress=False)
     assert not missing.exists() and not run_dir.parent.exists() and tmp_path.exists()
+
+
+def test_instruction_conditioned_training_resumes_and_distills_with_its_instructions(tmp_path, store):
+    base = [
+        *tiny_overrides(tmp_path, store),
+        "obs=state",
+        "training.max_steps=3",
+        "instruction_conditioning=true",
+        "text_encoder.dim=16",
+        "text_encoder.n_heads=2",
+        "cfg.p_uncond=0.5",
+    ]
+    run_dir = tmp_path / "run"
+    summary = train(_compose(base), run_dir, progress=False)
+    ckpt = load_checkpoint(summary["latest"])
+    entry = ckpt["build"]["policy"]["instruction"]
+    assert entry["p_uncond"] == 0.5 and entry["text_encoder"]["vocabulary"] == [
+        "around", "end", "go", "left", "of", "right", "the", "wall",
+    ]  # fmt: skip
+    assert list(entry["tasks"]) == ["push_around"]  # {task: its first episode's instruction}, for per-task eval
+    assert "instruction" not in OmegaConf.load(run_dir / "config.yaml").policy  # the run's config stays the user's
+    policy = ChunkPolicy.from_checkpoint(summary["latest"])
+    out = policy.predict_action({"state": torch.zeros(1, 2, 6)}, instruction="go around the left end of the wall")
+    assert out["action"].shape == (1, 4, 2)
+    resumed = train(_compose([*base, "training.max_steps=4"]), run_dir, progress=False)  # same store, same vocabulary
+    assert resumed["step"] == 4
+    distilled = train(
+        _compose([*base, "objective=consistency", f"teacher={summary['latest']}", "name=tiny_cd"]),
+        tmp_path / "cd",
+        progress=False,
+    )
+    student = ChunkPolicy.from_checkpoint(distilled["latest"])
+    assert student.conditioned and student.sampler.name == "consistency"
+    student.predict_action(
+        {"state": torch.zeros(2, 2, 6)}, instruction="go around the right end of the wall", guidance_scale=2.0
+    )
+
+
+def test_instruction_conditioning_on_a_store_without_instructions_is_refused(tmp_path):
+    from data.replay_buffer import ReplayBuffer
+
+    legacy = tmp_path / "legacy.zarr"
+    buffer = ReplayBuffer.create(legacy, attrs={"task": "push_around"})
+    for _ in range(2):
+        buffer.add_episode({"state": np.zeros((20, 6), np.float32), "action": np.zeros((20, 2), np.float32)})
+    buffer.close()
+    with pytest.raises(ValueError, match="has none: re-collect it with python -m data.collect"):
+        train(
+            _compose([*tiny_overrides(tmp_path, legacy), "obs=state", "instruction_conditioning=true"]), tmp_path / "r"
+        )

@@ -24,6 +24,7 @@ class Expert(Protocol):
 
     mode_names: tuple[str, ...]
     mode: int
+    instruction: str  # the current episode's task instruction
 
     def reset(self, env: gymnasium.Env, rng: np.random.Generator) -> None:
         """Pick a mode uniformly at random and any per-episode plan."""

@@ -13,6 +13,12 @@ class ScriptedExpert(ABC):
     """Base of our experts: ``reset`` draws the mode uniformly, then ``_plan_episode`` reads the task."""
 
     mode_names: tuple[str, ...]
+    mode_instructions: tuple[str, ...]  # the task instruction of each mode, in mode_names order
+
+    @property
+    def instruction(self) -> str:
+        """The instruction of the current episode's mode (what collection stores in meta/instruction)."""
+        return self.mode_instructions[self.mode]
 
     def __init__(self, noise_std: float = 0.003) -> None:
         if noise_std < 0:

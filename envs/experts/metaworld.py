@@ -14,6 +14,7 @@ import numpy as np
 
 from envs.experts.base import ScriptedExpert
 from envs.metaworld import import_metaworld
+from envs.metaworld_tasks import METAWORLD_INSTRUCTIONS
 
 # metaworld.policies.policy.move warns about its own gains on most steps; the env clips actions anyway.
 _GAIN_WARNING = r"Constant\(s\) may be too high"
@@ -23,6 +24,7 @@ class MetaWorldExpert(ScriptedExpert):
     """MetaWorld's scripted policy for the env's task, with optional Gaussian action noise."""
 
     mode_names = ("expert",)
+    mode_instructions = ("",)  # replaced by the task's instruction when an episode is planned
 
     def __init__(self, noise_std: float = 0.0) -> None:
         super().__init__(noise_std=noise_std)
@@ -35,6 +37,7 @@ class MetaWorldExpert(ScriptedExpert):
         if task_name not in policy_map:
             raise ValueError(f"MetaWorldExpert needs an actchunk MetaWorld env, got {type(task).__name__}")
         self._policy = policy_map[task_name]()
+        self.mode_instructions = (METAWORLD_INSTRUCTIONS[task_name],)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Next action (4,) from obs["state"] (39,): MetaWorld's policy plus noise, clipped to [-1, 1]."""

@@ -29,6 +29,7 @@ class PickPlaceExpert(ScriptedExpert):
     """Stage-machine demonstrator for PickPlace; the mode is the bin (left or right)."""
 
     mode_names = ("left_bin", "right_bin")
+    mode_instructions = ("put the cube in the left bin", "put the cube in the right bin")
 
     def __init__(self, noise_std: float = 0.003) -> None:
         super().__init__(noise_std)

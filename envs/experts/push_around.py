@@ -38,6 +38,7 @@ class PushAroundExpert(ScriptedExpert):
     """Closed-loop PushAround demonstrator that detours left or right of the wall."""
 
     mode_names = ("left", "right")
+    mode_instructions = ("go around the left end of the wall", "go around the right end of the wall")
 
     def __init__(self, noise_std: float = 0.003) -> None:
         super().__init__(noise_std)

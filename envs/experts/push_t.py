@@ -79,6 +79,7 @@ class PushTExpert(ScriptedExpert):
     """Closed-loop PushT demonstrator choosing contacts by a limit-surface pushing model."""
 
     mode_names = ("rotate_first", "translate_first")
+    mode_instructions = ("rotate the T into place, then slide it", "slide the T into place, then rotate it")
 
     def __init__(self, noise_std: float = 0.003) -> None:
         super().__init__(noise_std)
