@@ -30,10 +30,12 @@ import torch
 
 from data.normalizer import Normalizer
 from policy.chunk_policy import ChunkPolicy
+from policy.consistency import ConsistencyDistillation
 from policy.ema import EMA
 from policy.objectives import DDPM, FlowMatching
 from policy.obs_encoder import ObsEncoder
-from policy.samplers import DDIMSampler, DDPMSampler, EulerSampler
+from policy.samplers import ConsistencySampler, DDIMSampler, DDPMSampler, EulerSampler, ShortcutSampler
+from policy.shortcut import ShortcutFlow
 from policy.unet import ConditionalUnet1D
 from results_io import RESULTS_DIR, write_json
 
@@ -89,7 +91,10 @@ def build(
     """ChunkPolicy with DP's encoder and UNet settings and a normalizer fitted on random data."""
     torch.manual_seed(0)
     encoder = ObsEncoder(meta, backbone="resnet18", crop_shape=(76, 76), feature_dim=64, num_keypoints=32)
-    denoiser = ConditionalUnet1D(ACTION_DIM, encoder.output_dim, N_OBS, HORIZON, down_dims, 5, 8, 128)
+    step_conditioned = bool(getattr(objective, "step_conditioned", False))  # shortcut models take the step size
+    denoiser = ConditionalUnet1D(
+        ACTION_DIM, encoder.output_dim, N_OBS, HORIZON, down_dims, 5, 8, 128, step_conditioned=step_conditioned
+    )
     policy = ChunkPolicy(encoder, denoiser, objective, sampler, HORIZON, N_OBS, N_ACT, ACTION_DIM, meta).to(device)
     fit_data = {k: v.flatten(0, 1).cpu() for k, v in make_batch(meta, 8, torch.device("cpu")).items()}
     policy.set_normalizer(Normalizer.fit(fit_data, policy.normalizer_modes()))
@@ -163,6 +168,14 @@ def bench_config(name: str, args: argparse.Namespace, device: torch.device) -> l
             f"predict Euler-{steps}",
             median_ms(lambda: flow.predict_action(obs1, num_steps=steps, generator=gen), budget),
         )
+
+    one_step = {
+        "shortcut-1": (ShortcutFlow(), ShortcutSampler(1)),
+        "consistency-1": (ConsistencyDistillation(), ConsistencySampler(1)),
+    }
+    for label, (objective, sampler) in one_step.items():  # the few-step models at one network call (issue 14)
+        few = build(down_dims, meta, objective, sampler, device).eval()
+        add(f"predict {label}", median_ms(lambda: few.predict_action(obs1, generator=gen), budget))
 
     if args.compile:
         ddpm.compile_denoiser = True
