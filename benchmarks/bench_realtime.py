@@ -20,6 +20,7 @@ flow; bench_metaworld.py --tasks drawer-open-v3 --objectives flow):
         --model pick_place_image=outputs/demo/train/checkpoints/latest.ckpt \\
         --model push_t_state=outputs/bench_push_t/state/flow_seed0/checkpoints/latest.ckpt \\
         --model drawer-open_image=outputs/bench_metaworld/drawer-open-v3/flow_seed0/checkpoints/latest.ckpt
+(the MetaWorld model with horizon 16: the horizon-4 recipe's 3-action chunk has no room for s = 8 and d > 0).
 Writes realtime.json, realtime.md and realtime.png (success and switch jump against d, one panel per model) to
 --out (default benchmarks/results), rewritten after every cell. Finished cells are kept in
 ``<work-dir>/<label>.json``; with --reuse a rerun keeps those evaluated with the same checkpoint step and settings.
