@@ -56,7 +56,7 @@ from policy.chunk_policy import ChunkPolicy
 from policy.evaluation import evaluate, wilson_interval
 from policy.optim import resolve_device
 from results_io import RESULTS_DIR, write_json
-from training_runs import BenchmarkError, compose_train_config, train_or_reuse
+from training_runs import MODEL_KEYS, BenchmarkError, compose_train_config, train_or_reuse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,21 +64,7 @@ PARTS = ("pick_place", "metaworld")
 GUIDANCE_SCALES = (0.0, 1.0, 1.5, 2.0, 3.0)
 BINS = dict(zip(PickPlaceExpert.mode_names, PickPlaceExpert.mode_instructions))  # outcome -> its instruction
 MW_TASKS = ("reach-v3", "push-v3", "drawer-open-v3", "button-press-topdown-v3", "pick-place-v3")
-SAME_MODEL_KEYS = (
-    "task",
-    "obs",
-    "seed",
-    "policy",
-    "objective",
-    "sampler",
-    "training",
-    "dataset",
-    "ema",
-    "amp",
-    "instruction_conditioning",
-    "cfg",
-    "text_encoder",
-)
+SAME_MODEL_KEYS = (*MODEL_KEYS, "instruction_conditioning", "cfg", "text_encoder")
 CELLS_FILE = "bench_instructions_cells.json"  # evaluated cells kept in each run dir, for --reuse
 
 

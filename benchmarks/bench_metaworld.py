@@ -41,6 +41,7 @@ from envs.metaworld_tasks import METAWORLD_MAX_EPISODE_STEPS, METAWORLD_TASK_NAM
 from policy.optim import autocast_enabled, resolve_device
 from results_io import RESULTS_DIR, write_json
 from training_runs import (
+    MODEL_KEYS,
     BenchmarkError,
     compose_train_config,
     plot_learning_curves,
@@ -51,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_TASKS = ("reach-v3", "push-v3", "drawer-open-v3", "button-press-topdown-v3", "pick-place-v3")
 OBJECTIVES = ("ddpm", "flow")
-SAME_MODEL_KEYS = ("task", "obs", "seed", "policy", "objective", "sampler", "training", "dataset", "ema", "amp")
+SAME_MODEL_KEYS = MODEL_KEYS
 SAME_EVAL_KEYS = ("rollout",)  # a run dir whose evaluations used other layouts or counts is another experiment
 DP3_EPISODE_STEPS = 200  # DP3's MetaWorldEnv ends an episode after 200 steps
 

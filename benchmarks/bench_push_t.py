@@ -42,24 +42,12 @@ from policy.chunk_policy import ChunkPolicy
 from policy.evaluation import evaluate
 from policy.optim import autocast_enabled, resolve_device
 from results_io import RESULTS_DIR, write_json
-from training_runs import BenchmarkError, compose_train_config, plot_learning_curves, train_or_reuse
+from training_runs import MODEL_KEYS, BenchmarkError, compose_train_config, plot_learning_curves, train_or_reuse
 
 ROOT = Path(__file__).resolve().parents[1]
 OBS = ("state", "image")
 OBJECTIVES = ("ddpm", "flow")
-SAME_MODEL_KEYS = (
-    "task",
-    "obs",
-    "seed",
-    "policy",
-    "objective",
-    "sampler",
-    "training",
-    "dataset",
-    "ema",
-    "amp",
-    "rollout",
-)
+SAME_MODEL_KEYS = (*MODEL_KEYS, "rollout")  # the learning curve's rollouts belong to the model
 # Diffusion Policy (Chi et al. 2023) on its PushT, CNN-based, normalized coverage: the anchor of issue #13.
 DIFFUSION_POLICY_SCORE = {"state": 0.91, "image": 0.84}
 GOALS = {"state": {"success_rate": 0.80, "normalized_score": 0.90}, "image": {"normalized_score": 0.80}}

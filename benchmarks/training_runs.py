@@ -21,6 +21,9 @@ from envs.task_env import TaskEnv
 from policy.checkpoint import checkpoint_config, config_to_yaml, load_checkpoint
 from policy.training import train
 
+# train.py config groups that decide what a model is: a run dir trained with others is another model, not reused
+MODEL_KEYS = ("task", "obs", "seed", "policy", "objective", "sampler", "training", "dataset", "ema", "amp")
+
 
 class BenchmarkError(ValueError):
     """A benchmark that cannot run as asked (bad arguments, a run dir or store holding something else)."""
