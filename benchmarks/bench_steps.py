@@ -19,7 +19,8 @@ Usage (from the repo root):
     python benchmarks/bench_steps.py --task push_t --train-steps 3000 --seeds 0 --episodes 50 --obs state \\
         --n-envs 2 --reuse
 Writes steps_<task>.json, steps_<task>.md and steps_<task>.png to --out (default benchmarks/results) and prints the
-table. Run dirs are fixed (``<work-dir>/<task>/<objective>_seed<k>_<N>steps``, the consistency model's
+table; <task> is the task's own name, so ``--task metaworld task.name=drawer-open-v3`` writes steps_drawer-open-v3.*.
+Run dirs are fixed (``<work-dir>/<task>/<objective>_seed<k>_<N>steps``, the consistency model's
 ``consistency-<teacher>_seed<k>_<N>steps``); with --reuse a finished checkpoint is not retrained, an interrupted one
 resumes, and evaluated cells (kept in the run dir) are not re-run. ``--objectives`` picks the models.
 
@@ -117,6 +118,11 @@ def train_overrides(
         "rollout.n_videos=0",
         f"name=steps_{task}_{objective}_seed{seed}",
     ]
+
+
+def study_label(task: str, extra_overrides: Sequence[str]) -> str:
+    """The task's own name after the overrides (``--task metaworld task.name=reach-v3``: reach-v3), for file names."""
+    return str(compose_train_config([f"task={task}", *extra_overrides]).task.name)
 
 
 def run_dir_for(work_dir: Path, task: str, objective: str, seed: int, train_steps: int) -> Path:
@@ -371,6 +377,7 @@ def run_study(
     if "consistency" in objectives and teacher not in objectives:
         raise BenchmarkError(f"the consistency model distills the {teacher} model: add {teacher} to --objectives")
     objectives = [o for o in OBJECTIVES if o in objectives]  # teachers train before their students
+    label = study_label(task, extra_overrides)
     start = time.perf_counter()
     checkpoints = {}
     curve = (eval_every, curve_episodes, n_envs, eval_seed)
@@ -379,10 +386,10 @@ def run_study(
             if objective == "consistency":
                 distilled = (task, objective, seed, distill_steps, obs, curve, extra_overrides)
                 cfg = model_config(*distilled, teacher=checkpoints[seed, teacher])
-                run_dir = run_dir_for(Path(work_dir), task, f"consistency-{teacher}", seed, distill_steps)
+                run_dir = run_dir_for(Path(work_dir), label, f"consistency-{teacher}", seed, distill_steps)
             else:
                 cfg = model_config(task, objective, seed, train_steps, obs, curve, extra_overrides)
-                run_dir = run_dir_for(Path(work_dir), task, objective, seed, train_steps)
+                run_dir = run_dir_for(Path(work_dir), label, objective, seed, train_steps)
             checkpoints[seed, objective] = train_model(cfg, run_dir, reuse, progress)
     evaluated: dict[tuple[int, str, str, int | None], dict[str, Any]] = {}
     world = World.current()
@@ -426,7 +433,7 @@ def run_study(
         else ""
     )
     caption = (
-        f"**{task}**, {obs} observations, {denoiser.strip()}, horizon {policy_cfg['horizon']}, "
+        f"**{label}**, {obs} observations, {denoiser.strip()}, horizon {policy_cfg['horizon']}, "
         f"{policy_cfg['n_action_steps']} actions per chunk; {train_steps} training steps (batch "
         f"{cfg.training.batch_size}) per model trained from scratch{distilled}, training seeds {list(seeds)}, "
         f"{episodes} episodes per cell (seeds {eval_seed}..{eval_seed + episodes - 1}), {resolve_device(cfg.device)}, "
@@ -435,7 +442,8 @@ def run_study(
     )
     table = markdown_table(rows, caption)
     payload = {
-        "task": task,
+        "task": label,
+        "task_config": task,
         "obs": obs,
         "train_steps": train_steps,
         "objectives": list(objectives),
@@ -455,12 +463,12 @@ def run_study(
     if not world.is_main:
         return payload
     out = Path(out)
-    write_json(out / f"steps_{task}.json", payload)
-    write_text_atomic(out / f"steps_{task}.md", table)
-    plot(rows, task, out / f"steps_{task}.png")
+    write_json(out / f"steps_{label}.json", payload)
+    write_text_atomic(out / f"steps_{label}.md", table)
+    plot(rows, label, out / f"steps_{label}.png")
     if eval_every > 0:
         lines = [(f"{r['objective']} seed {r['seed']}", r["learning_curve"]) for r in runs]
-        plot_learning_curves({f"{task} ({obs}), default sampler": lines}, out / f"steps_{task}_curves.png")
+        plot_learning_curves({f"{label} ({obs}), default sampler": lines}, out / f"steps_{label}_curves.png")
     return payload
 
 
@@ -546,9 +554,10 @@ def study(args: argparse.Namespace, world: World) -> None:
     except KeyboardInterrupt:
         sys.exit("bench_steps.py: stopped; rerun with --reuse to continue (finished models and cells are kept)")
     if world.is_main:
-        print((args.out / f"steps_{args.task}.md").read_text())
+        print((args.out / f"steps_{payload['task']}.md").read_text())
         print(
-            f"wall time {payload['wall_time_s'] / 60:.1f} min; results in {args.out}/steps_{args.task}.{{json,md,png}}"
+            f"wall time {payload['wall_time_s'] / 60:.1f} min; "
+            f"results in {args.out}/steps_{payload['task']}.{{json,md,png}}"
         )
 
 

@@ -18,7 +18,9 @@ parameters:
   output need no transposes.
 - Tiny CPU convolutions on the module path (at most ``SMALL_CONV_ROWS`` output positions: batch 1
   with autograd or under torch.compile) run as im2col + one matmul, faster there than the library's
-  convolution, whose per-call setup dominates; larger inputs and CUDA use the library's.
+  convolution, whose per-call setup dominates. CPU training convolutions under bf16 autocast over short
+  sequences (the deep levels, where most of the FLOPs are) run as the same matmul too: oneDNN's bf16
+  backward for them is slow, the matmul's is not. Other inputs and CUDA use the library's.
 - Mish is ``policy.mish.mish`` (faster on large CPU tensors); the scale-and-shift is one
   ``addcmul`` per block; no einops in the hot path.
 - Inference on CPU without autograd, up to ``CPU_PLAN_MAX_ROWS`` positions (batch 32 at horizon
@@ -122,6 +124,8 @@ def time_and_step_embedding(denoiser: nn.Module, t: Tensor, step: Tensor | None)
 
 # Below this many output positions (batch x length) a CPU convolution runs faster as one matmul.
 SMALL_CONV_ROWS = 16
+# CPU training convolutions under bf16 autocast with at most this many output steps run as one matmul.
+AUTOCAST_CONV_MATMUL_MAX_LENGTH = 8
 # Up to this many positions (batch x horizon) CPU inference runs policy.unet_cpu_inference's plan
 # (faster than the module path up to batch 32 for [64, 128, 256] and beyond 128 for [256, 512, 1024]).
 CPU_PLAN_MAX_ROWS = 512
@@ -139,15 +143,37 @@ def from_channels_last(x: Tensor) -> Tensor:
 
 
 def conv1d_as_matmul(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> Tensor:
-    """Conv1d as im2col + one matmul: x (B, Cin, 1, T) channels_last, weight (Cout, Cin, k) -> (B, Cout, 1, T_out)."""
+    """Conv1d as im2col + one matmul: x (B, Cin, 1, T) channels_last, weight (Cout, Cin, k) -> (B, Cout, 1, T_out).
+
+    The columns are k shifted slices concatenated along channels (not ``unfold``): their backward is k slice-adds,
+    where unfold's strided copy scatters. Under CPU autocast the input is cast first, so the k-times larger columns
+    are built in bfloat16.
+    """
     batch = x.shape[0]
     out_channels, in_channels, k = weight.shape
-    padded = F.pad(from_channels_last(x), (0, 0, padding, padding))
-    cols = padded.unfold(1, k, stride).transpose(2, 3)  # (B, T_out, k, Cin)
-    t_out = cols.shape[1]
+    seq = from_channels_last(x)  # (B, T, Cin)
+    if torch.is_autocast_enabled("cpu") and seq.device.type == "cpu":
+        seq = seq.to(torch.get_autocast_dtype("cpu"))
+    padded = F.pad(seq, (0, 0, padding, padding))
+    t_out = (padded.shape[1] - k) // stride + 1
+    span = stride * (t_out - 1) + 1
+    cols = torch.cat([padded[:, j : j + span : stride] for j in range(k)], dim=-1)  # (B, T_out, k * Cin)
     # (Cout, k * Cin): a view of Conv1d's weight, stored (Cout, k, Cin)
     y = F.linear(cols.reshape(batch * t_out, k * in_channels), weight.transpose(1, 2).reshape(out_channels, -1), bias)
     return to_channels_last(y.view(batch, t_out, out_channels))
+
+
+def conv_as_matmul_in_training(x: Tensor, t_out: int) -> bool:
+    """Whether a CPU training convolution producing t_out positions runs faster as one matmul.
+
+    Under bf16 autocast oneDNN's backward for (1, k) convolutions over short sequences is slow: on a Sapphire Rapids
+    core at batch 256 the matmul form's forward + backward took a quarter to two thirds of the library's at lengths
+    4 and 8 and lost at length 16; in fp32 the two were even over a whole training step, so fp32 keeps the library's.
+    benchmarks/bench_policy.py measures the whole step against LeRobot's.
+    """
+    if x.device.type != "cpu" or not torch.is_grad_enabled() or not torch.is_autocast_enabled("cpu"):
+        return False
+    return t_out <= AUTOCAST_CONV_MATMUL_MAX_LENGTH
 
 
 class Conv1d(nn.Conv1d):
@@ -166,7 +192,8 @@ class Conv1d(nn.Conv1d):
         """(B, Cin, 1, T) -> (B, Cout, 1, T_out), channels_last."""
         stride, padding = self.stride[0], self.padding[0]
         t_out = (x.shape[3] + 2 * padding - self.kernel_size[0]) // stride + 1
-        if x.device.type == "cpu" and x.shape[0] * t_out <= SMALL_CONV_ROWS:
+        small = x.device.type == "cpu" and x.shape[0] * t_out <= SMALL_CONV_ROWS
+        if small or conv_as_matmul_in_training(x, t_out):
             return conv1d_as_matmul(x, self.weight, self.bias, stride, padding)
         return F.conv2d(x, self.weight.unsqueeze(2), self.bias, (1, stride), (0, padding))
 

@@ -177,3 +177,11 @@ def test_aggregate_over_seeds_reports_mean_spread_and_pooled_interval():
 def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(bench_steps.BenchmarkError, match="must be >= 1"):
         bench_steps.run_study("pick_place", train_steps=0, seeds=[0], episodes=2, out=tmp_path, work_dir=tmp_path)
+
+
+def test_study_label_is_the_tasks_own_name_after_overrides():
+    assert bench_steps.study_label("push_t", []) == "push_t"
+    assert bench_steps.study_label("metaworld", ["task.name=reach-v3"]) == "reach-v3"
+    assert bench_steps.study_label("metaworld", ["+experiment=metaworld", "task.name=drawer-open-v3"]) == (
+        "drawer-open-v3"
+    )

@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from policy.unet import ConditionalUnet1D, Conv1d, ConvTranspose1d, from_channels_last, to_channels_last
+from policy.unet import (
+    ConditionalUnet1D,
+    Conv1d,
+    ConvTranspose1d,
+    conv_as_matmul_in_training,
+    from_channels_last,
+    to_channels_last,
+)
 
 
 def _unet(**kw) -> ConditionalUnet1D:
@@ -82,6 +89,29 @@ def test_channels_last_conv_matches_library_convolution(batch, length, stride):
     grad_ref = torch.autograd.grad(ref.sum(), (x, conv.weight))
     for a, b in zip(grad_out, grad_ref):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("length, stride", [(8, 1), (4, 1), (16, 2)])
+def test_bf16_training_conv_runs_as_matmul_and_matches_library(length, stride):
+    torch.manual_seed(0)
+    conv = Conv1d(16, 24, 5 if stride == 1 else 3, stride=stride, padding=2 if stride == 1 else 1)
+    x = torch.randn(32, length, 16, requires_grad=True)  # (B, T, C)
+    t_out = length // stride
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv_as_matmul_in_training(to_channels_last(x), t_out)
+        out = conv(to_channels_last(x))
+        ref = F.conv1d(x.transpose(1, 2), conv.weight, conv.bias, stride=stride, padding=conv.padding[0])
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out[:, :, 0].float(), ref.float(), atol=0.02, rtol=0.01)
+    grad_out = torch.autograd.grad(out.float().square().sum(), (x, conv.weight))
+    grad_ref = torch.autograd.grad(ref.float().square().sum(), (x, conv.weight))
+    for a, b in zip(grad_out, grad_ref):
+        torch.testing.assert_close(a, b, atol=0.1, rtol=0.02)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not conv_as_matmul_in_training(to_channels_last(x), t_out)  # inference keeps its own paths
+    assert not conv_as_matmul_in_training(to_channels_last(x), t_out)  # fp32 training keeps the library's
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not conv_as_matmul_in_training(to_channels_last(torch.randn(2, 16, 16)), 16)  # long: library's
 
 
 @pytest.mark.parametrize("batch, length", [(1, 8), (3, 8)])
