@@ -291,12 +291,16 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], caption: str) -> str:
 
 
 def plot(rows: Sequence[Mapping[str, Any]], title: str, out: Path) -> None:
-    """Two panels against NFE (log x): success rate with its 95% CI, and median latency per chunk; PNG at out.
+    """Panels against NFE (log x): success rate with its 95% CI, median latency per chunk and, for tasks that
+    report one (PushT), the normalized score; PNG at out.
 
     On the success panel each line is shifted by a few percent in NFE so that overlapping intervals stay readable.
+    The score panel is there because a short budget can leave every PushT success near 0 while coverage differs.
     """
-    fig = Figure(figsize=(11, 4.2))  # no pyplot: no GUI backend, no global figure registry
-    ax_success, ax_latency = fig.subplots(1, 2)
+    scored = all(r.get("normalized_score") is not None for r in rows)
+    fig = Figure(figsize=(16 if scored else 11, 4.2))  # no pyplot: no GUI backend, no global figure registry
+    axes = fig.subplots(1, 3 if scored else 2)
+    ax_success, ax_latency = axes[0], axes[-1]
     lines: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in rows:
         lines.setdefault((r["objective"], r["sampler"]), []).append(r)
@@ -316,8 +320,10 @@ def plot(rows: Sequence[Mapping[str, Any]], title: str, out: Path) -> None:
         yerr = np.clip([success - ci[:, 0], ci[:, 1] - success], 0, None)  # Wilson bounds can miss 0 or 1 by rounding
         line = ax_success.errorbar(nfe * dodge, success, yerr=yerr, capsize=2, elinewidth=0.8, **style)
         ax_latency.plot(nfe, [r["latency_ms_median"] for r in points], color=line[0].get_color(), **style)
+        if scored:
+            axes[1].plot(nfe, [r["normalized_score"] for r in points], color=line[0].get_color(), **style)
     ticks = sorted({r["nfe"] for r in rows})
-    for ax in (ax_success, ax_latency):
+    for ax in axes:
         ax.set_xscale("log")
         ax.set_xticks(ticks)
         ax.xaxis.set_major_formatter(ScalarFormatter())
@@ -329,6 +335,8 @@ def plot(rows: Sequence[Mapping[str, Any]], title: str, out: Path) -> None:
     ax_latency.yaxis.set_minor_formatter(NullFormatter())
     ax_success.set(ylabel="success rate (95% CI)", ylim=(-0.03, 1.03), title=f"{title}: success")
     ax_latency.set(ylabel="latency per chunk, median (ms)", title=f"{title}: latency")
+    if scored:
+        axes[1].set(ylabel="normalized score (max coverage / 0.95)", ylim=(-0.03, 1.03), title=f"{title}: score")
     ax_success.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(out) as tmp:

@@ -185,3 +185,15 @@ def test_study_label_is_the_tasks_own_name_after_overrides():
     assert bench_steps.study_label("metaworld", ["+experiment=metaworld", "task.name=drawer-open-v3"]) == (
         "drawer-open-v3"
     )
+
+
+def test_plot_adds_a_score_panel_for_tasks_with_a_normalized_score(tmp_path):
+    from PIL import Image
+
+    runs = [{"objective": "flow", "cells": [_cell([True, False], 0.5, 10.0)]}]
+    rows = bench_steps.aggregate(runs)
+    bench_steps.plot(rows, "plain", tmp_path / "plain.png")
+    scored = [{**r, "normalized_score": 0.6} for r in rows]
+    bench_steps.plot(scored, "scored", tmp_path / "scored.png")
+    plain_w, scored_w = Image.open(tmp_path / "plain.png").width, Image.open(tmp_path / "scored.png").width
+    assert scored_w > 1.3 * plain_w
