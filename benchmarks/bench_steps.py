@@ -19,7 +19,8 @@ Usage (from the repo root):
     python benchmarks/bench_steps.py --task push_t --train-steps 3000 --seeds 0 --episodes 50 --obs state \\
         --n-envs 2 --reuse
 Writes steps_<task>.json, steps_<task>.md and steps_<task>.png to --out (default benchmarks/results) and prints the
-table; <task> is the task's own name, so ``--task metaworld task.name=drawer-open-v3`` writes steps_drawer-open-v3.*.
+table; <task> is the task's own name, so ``--task metaworld task.name=drawer-open-v3`` writes steps_drawer-open-v3.*
+(``--tag few_step``: steps_drawer-open-v3_few_step.*).
 Run dirs are fixed (``<work-dir>/<task>/<objective>_seed<k>_<N>steps``, the consistency model's
 ``consistency-<teacher>_seed<k>_<N>steps``); with --reuse a finished checkpoint is not retrained, an interrupted one
 resumes, and evaluated cells (kept in the run dir) are not re-run. ``--objectives`` picks the models.
@@ -363,6 +364,7 @@ def run_study(
     objectives: Sequence[str] = OBJECTIVES,
     teacher: str = "flow",
     distill_steps: int | None = None,
+    tag: str = "",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train (and distill) every objective for every seed, evaluate all cells, write steps_<task>.{json,md,png}.
@@ -471,12 +473,14 @@ def run_study(
     if not world.is_main:
         return payload
     out = Path(out)
-    write_json(out / f"steps_{label}.json", payload)
-    write_text_atomic(out / f"steps_{label}.md", table)
-    plot(rows, label, out / f"steps_{label}.png")
+    stem = f"steps_{label}_{tag}" if tag else f"steps_{label}"
+    payload["files"] = f"{stem}.{{json,md,png}}"
+    write_json(out / f"{stem}.json", payload)
+    write_text_atomic(out / f"{stem}.md", table)
+    plot(rows, label, out / f"{stem}.png")
     if eval_every > 0:
         lines = [(f"{r['objective']} seed {r['seed']}", r["learning_curve"]) for r in runs]
-        plot_learning_curves({f"{label} ({obs}), default sampler": lines}, out / f"steps_{label}_curves.png")
+        plot_learning_curves({f"{label} ({obs}), default sampler": lines}, out / f"{stem}_curves.png")
     return payload
 
 
@@ -498,6 +502,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per (sampler, steps) cell")
     parser.add_argument("--obs", default="state", choices=["state", "image"], help="policy observations")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where steps_<task>.{json,md,png} go")
+    parser.add_argument("--tag", default="", help="names the results steps_<task>_<tag>.* (e.g. few_step)")
     parser.add_argument(
         "--work-dir", type=Path, default=ROOT / "outputs" / "bench_steps", help="run dirs of the models"
     )
@@ -556,17 +561,15 @@ def study(args: argparse.Namespace, world: World) -> None:
             objectives=args.objectives,
             teacher=args.teacher,
             distill_steps=args.distill_steps,
+            tag=args.tag,
         )
     except BenchmarkError as exc:
         sys.exit(f"bench_steps.py: error: {world.prefix}{exc}")
     except KeyboardInterrupt:
         sys.exit("bench_steps.py: stopped; rerun with --reuse to continue (finished models and cells are kept)")
     if world.is_main:
-        print((args.out / f"steps_{payload['task']}.md").read_text())
-        print(
-            f"wall time {payload['wall_time_s'] / 60:.1f} min; "
-            f"results in {args.out}/steps_{payload['task']}.{{json,md,png}}"
-        )
+        print((args.out / payload["files"].replace("{json,md,png}", "md")).read_text())
+        print(f"wall time {payload['wall_time_s'] / 60:.1f} min; results in {args.out}/{payload['files']}")
 
 
 if __name__ == "__main__":

@@ -110,9 +110,12 @@ def test_rerun_needs_reuse_and_reuse_keeps_models_and_cells(study):
         bench_steps.run_study("pick_place", **study["kwargs"])
     ckpt = Path(study["payload"]["runs"][0]["checkpoint"])
     mtime = ckpt.stat().st_mtime_ns
-    again = bench_steps.run_study("pick_place", **study["kwargs"], reuse=True)
+    again = bench_steps.run_study("pick_place", **study["kwargs"], reuse=True, tag="again")
     assert ckpt.stat().st_mtime_ns == mtime
     assert again["rows"] == study["payload"]["rows"]
+    out = study["tmp"] / "results"
+    assert again["files"] == "steps_pick_place_again.{json,md,png}"
+    assert all((out / f"steps_pick_place_again.{ext}").exists() for ext in ("json", "md", "png"))
 
 
 def test_reuse_refuses_a_run_dir_with_another_model(study):
