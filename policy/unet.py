@@ -167,9 +167,9 @@ def conv_as_matmul_in_training(x: Tensor, t_out: int) -> bool:
     """Whether a CPU training convolution producing t_out positions runs faster as one matmul.
 
     Under bf16 autocast oneDNN's backward for (1, k) convolutions over short sequences is slow: on a Sapphire Rapids
-    core at batch 256 the matmul form's forward + backward took a quarter to two thirds of the library's at lengths
-    4 and 8 and lost at length 16; in fp32 the two were even over a whole training step, so fp32 keeps the library's.
-    benchmarks/bench_policy.py measures the whole step against LeRobot's.
+    core at batch 256 the matmul form's forward + backward took about a quarter of the library's time at length 4,
+    half to four fifths at length 8, and lost at length 16; in fp32 the two were even over a whole training step,
+    so fp32 keeps the library's. benchmarks/bench_policy.py measures the whole step against LeRobot's.
     """
     if x.device.type != "cpu" or not torch.is_grad_enabled() or not torch.is_autocast_enabled("cpu"):
         return False
