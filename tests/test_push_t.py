@@ -110,6 +110,25 @@ def test_expert_succeeds_in_both_modes(env):
     assert set(modes) == {0, 1}
 
 
+def test_expert_keeps_the_block_placed_after_success(env):
+    """Continued past its first success the expert holds the T on the goal instead of knocking it off again
+    (demos recorded past success teach the policy to settle; the coarse endgame ended 3 of these 8 >= 0.95)."""
+    placed = 0
+    for seed in range(8):
+        obs, _ = env.reset(seed=seed)
+        expert = PushTExpert()
+        expert.reset(env, np.random.default_rng(seed))
+        after = None
+        for _ in range(300):
+            obs, coverage, _, _, info = env.step(expert.act(obs))
+            after = after + 1 if after is not None else (0 if info["is_success"] else None)
+            if after == 20:
+                break
+        assert after == 20, f"seed {seed}: no success"
+        placed += coverage >= 0.95
+    assert placed >= 6
+
+
 def test_expert_rejects_negative_noise():
     with pytest.raises(ValueError, match="noise_std"):
         PushTExpert(noise_std=-0.1)

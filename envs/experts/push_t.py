@@ -6,8 +6,11 @@ inward normal, produces a twist predicted by the ellipsoidal limit-surface model
 pushing (translation ~ force, rotation ~ torque / c^2, c = the block's friction torque-to-force
 ratio). The expert picks the contact whose predicted twist best matches the desired one, discounted
 by how far the pusher must travel to reach it; it walks around the block (never through it) to that
-contact and pushes by a distance proportional to the remaining error, then holds once the goal
-coverage is comfortably above the success threshold.
+contact and pushes by a distance proportional to the remaining error, then holds (without noise) once the
+goal coverage is comfortably above the success threshold. Near the goal the pushes are capped at a few
+mm and the pusher backs straight off a contact before walking to the next one: a coarser endgame crosses
+the threshold by overshooting and then knocks the block off again, and policies imitating it stall just
+below the threshold (benchmarks/results/push_t.md).
 
 Mode (drawn per episode): "rotate_first" mostly fixes the yaw before translating, "translate_first"
 mostly brings the block to the goal before turning it, so demonstrations contain two distinct strategies.
@@ -28,9 +31,12 @@ CLEARANCE = 0.004  # minimum gap (m) kept between pusher and block while walking
 STANDOFF = 0.03  # distance (m) from the contact at which the approach straight along the normal begins
 ORBIT_RADIUS = 0.13  # radius (m) of the circle around the block centre used to walk around it
 ORBIT_STEP = 0.7  # angle (rad) advanced along that circle per control step
+RETREAT_STEP = 0.02  # distance (m) the pusher backs straight away from the block before walking around it
 CONTACT_TOLERANCE = 0.006  # pusher closer than this to the contact position counts as in contact (m)
 PUSH_GAIN = 0.7  # push distance per metre of twist error along the chosen push
 PUSH_RANGE = (0.002, 0.03)  # min, max push distance per control step (m)
+FINE_COVERAGE = 0.8  # from this coverage on, pushes are at most FINE_PUSH_MAX: the last few mm decide success
+FINE_PUSH_MAX = 0.006  # max push distance per control step near the goal (m)
 HOLD_COVERAGE = 0.97  # stop pushing at this coverage ...
 RESUME_MARGIN = 0.005  # ... and resume when it falls below the env's success threshold plus this
 CORNER_MARGIN = 0.008  # contacts stay this far (m) from the T's outer corners
@@ -104,7 +110,8 @@ class PushTExpert(ScriptedExpert):
         pusher = state[0:2]
         pose = np.array([state[2], state[3], np.arctan2(state[5], state[4])])
         target = self._plan(pusher, pose)
-        target = target + self._noise(2)
+        if not self._holding:  # a held pusher stays put: noise on it would nudge the placed block
+            target = target + self._noise(2)
         return np.clip(target, -self.workspace, self.workspace).astype(np.float32)
 
     def _plan(self, pusher: np.ndarray, pose: np.ndarray) -> np.ndarray:
@@ -129,13 +136,16 @@ class PushTExpert(ScriptedExpert):
         k = int(np.argmax(np.where(cosine > 0, score, -np.inf)))
         normal = rot @ self._normals[k]
         if travel[k] < CONTACT_TOLERANCE:
-            push = float(np.clip(PUSH_GAIN * along[k], *PUSH_RANGE))
+            longest = FINE_PUSH_MAX if coverage >= FINE_COVERAGE else PUSH_RANGE[1]
+            push = float(np.clip(PUSH_GAIN * along[k], PUSH_RANGE[0], longest))
             return touch[k] - normal * push
         return self._walk(pusher, pose, touch[k], normal)
 
     def _walk(self, pusher: np.ndarray, pose: np.ndarray, touch: np.ndarray, normal: np.ndarray) -> np.ndarray:
         """Waypoint toward the contact position `touch` that keeps the pusher clear of the block."""
         standoff = touch + STANDOFF * normal
+        if t_distance(pusher, pose) < self.radius + CLEARANCE:  # leaving a contact: sliding off it drags the block
+            return self._retreat(pusher, pose)
         if self._clear(pusher, touch, pose, ignore_end=STANDOFF):
             return touch
         if self._clear(pusher, standoff, pose):
@@ -145,7 +155,24 @@ class PushTExpert(ScriptedExpert):
         goal_offset = standoff - pose[:2]
         turn = _wrap(np.arctan2(goal_offset[1], goal_offset[0]) - angle)
         angle += np.sign(turn) * min(abs(turn), ORBIT_STEP)
-        return pose[:2] + ORBIT_RADIUS * np.array([np.cos(angle), np.sin(angle)])
+        orbit = pose[:2] + ORBIT_RADIUS * np.array([np.cos(angle), np.sin(angle)])
+        if self._clear(pusher, orbit, pose):
+            return orbit
+        return self._retreat(pusher, pose)
+
+    def _retreat(self, pusher: np.ndarray, pose: np.ndarray) -> np.ndarray:
+        """Waypoint RETREAT_STEP straight away from the block's nearest point, before walking to another contact.
+
+        A pusher that slides along the block to its next contact, or moves from an inner corner under the bar
+        to an orbit waypoint across the block, drags the block off the goal just as it is placed.
+        """
+        eps = 1e-4
+        gradient = np.array(
+            [t_distance(pusher + eps * axis, pose) - t_distance(pusher - eps * axis, pose) for axis in np.eye(2)]
+        )  # (2,) outward direction of the distance field
+        if np.linalg.norm(gradient) < 1e-9:  # inside the block (a penetrating contact): away from its centre
+            gradient = pusher - pose[:2]
+        return pusher + RETREAT_STEP * gradient / max(float(np.linalg.norm(gradient)), 1e-9)
 
     def _clear(self, start: np.ndarray, end: np.ndarray, pose: np.ndarray, ignore_end: float = 0.0) -> bool:
         """Whether a straight move keeps the pusher clear of the block (or no closer to it than at start)."""
