@@ -14,7 +14,9 @@ Usage (from the repo root):
 Writes metaworld.json, metaworld.md and metaworld_curves.png to --out (default benchmarks/results), rewritten
 after each model. Run dirs are fixed (``<work-dir>/<task>/<objective>_seed<k>``, demos in
 ``<work-dir>/<task>/demos_<px>px.zarr``); with --reuse a finished model is not retrained and an interrupted
-one resumes from its last checkpoint, so a long table can be built across sessions.
+one resumes from its last checkpoint, so a long table can be built across sessions. Several processes may train
+disjoint --tasks into one --work-dir; ``--report-only`` then writes the table of every finished model there and
+lists the planned ones still pending, training nothing.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from training_runs import (
     MODEL_KEYS,
     BenchmarkError,
     compose_train_config,
+    existing_checkpoint,
     plot_learning_curves,
     train_or_reuse,
 )
@@ -212,7 +215,8 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         f"each; CPU, {p['torch_threads']} torch thread(s), {p['n_envs']} env worker(s).",
         ""
         if len(payload["models"]) == planned
-        else f"\n**Partial: {len(payload['models'])} of {planned} models finished; the rest are pending.**\n",
+        else f"\n**Partial: {len(payload['models'])} of {planned} models finished; pending: "
+        f"{', '.join(payload.get('pending') or ['the rest'])}.**\n",
         f"| task | DP3 group | objective | seeds | success, best {k} of evaluations | final checkpoint | "
         "DP3 image DP | gap | train min per model | steps/s |",
         "|---|---|---|---|---|---|---|---:|---:|---:|",
@@ -258,9 +262,18 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
 
 
 def write_report(
-    args: argparse.Namespace, cfg: DictConfig, models: list[dict[str, Any]], collected: dict[str, Any], wall: float
+    args: argparse.Namespace,
+    cfg: DictConfig,
+    models: list[dict[str, Any]],
+    collected: dict[str, Any],
+    wall: float,
+    pending: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Write metaworld.{json,md} and metaworld_curves.png to args.out for the models so far; returns the JSON."""
+    """Write metaworld.{json,md} and metaworld_curves.png to args.out for the models so far; returns the JSON.
+
+    ``pending`` names the planned models known not to be finished (--report-only); the others not yet in
+    ``models`` are still to come in this run.
+    """
     policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
     rows = summary_rows(models)
     payload = {
@@ -295,6 +308,7 @@ def write_report(
         "rows": rows,
         "averages": averages(rows),
         "models": models,
+        "pending": list(pending),
     }
     out = Path(args.out)
     write_json(out / "metaworld.json", payload)
@@ -307,21 +321,43 @@ def write_report(
     return payload
 
 
+def stored_demos(store: Path) -> dict[str, Any]:
+    """Episodes and steps of an existing demo store (what --report-only reports instead of collecting)."""
+    buffer = ReplayBuffer.open(store)
+    return {"episodes": buffer.n_episodes, "steps": buffer.n_steps, "new_episodes": 0}
+
+
+def is_finished(cfg: DictConfig, run_dir: Path) -> bool:
+    """Whether run_dir holds cfg's model trained to its last step (BenchmarkError if it holds another model)."""
+    ckpt = existing_checkpoint(cfg, run_dir, True, (*SAME_MODEL_KEYS, *SAME_EVAL_KEYS))
+    return ckpt is not None and ckpt["step"] >= cfg.training.max_steps
+
+
 def run_benchmark(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
-    """Collect, train and evaluate every (task, objective, seed), rewriting the report after each model."""
+    """Collect, train and evaluate every (task, objective, seed), rewriting the report after each model.
+
+    With ``args.report_only`` nothing is collected or trained: the report covers the finished models in
+    --work-dir and names the others pending, so runs spread over several processes or sessions merge into one table.
+    """
     start = time.perf_counter()
-    models, collected = [], {}
+    models, collected, pending = [], {}, []
     jobs = [(task, objective, seed) for task in args.tasks for objective in args.objectives for seed in args.seeds]
     payload: dict[str, Any] = {}
     for task, objective, seed in tqdm(jobs, desc="bench_metaworld", unit="model", disable=not progress):
         store = Path(args.work_dir) / task / f"demos_{args.image_size}px.zarr"
+        run_dir = Path(args.work_dir) / task / f"{objective}_seed{seed}"
         cfg = compose_train_config(train_overrides(task, objective, seed, args, store))
+        if args.report_only and not is_finished(cfg, run_dir):
+            pending.append(f"{task} {objective} seed {seed}")
+            continue
         if task not in collected:
-            collected[task] = collect_demos(cfg, store, progress)
-        trained = train_model(cfg, Path(args.work_dir) / task / f"{objective}_seed{seed}", args.reuse, progress)
+            collected[task] = stored_demos(store) if args.report_only else collect_demos(cfg, store, progress)
+        trained = train_model(cfg, run_dir, args.reuse or args.report_only, progress)
         models.append(model_row(task, objective, seed, trained, args.top_k))
-        payload = write_report(args, cfg, models, collected, time.perf_counter() - start)
-    return payload
+        payload = write_report(args, cfg, models, collected, time.perf_counter() - start, pending)
+    if not models:
+        raise BenchmarkError(f"no finished model in {args.work_dir} for these --tasks/--objectives/--seeds")
+    return write_report(args, cfg, models, collected, time.perf_counter() - start, pending) if pending else payload
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -351,6 +387,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "bench_metaworld", help="demos, run dirs")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where metaworld.{json,md,_curves.png} go")
     parser.add_argument("--reuse", action="store_true", help="keep finished models in --work-dir, resume the others")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: tables of the finished models in --work-dir, the others listed as pending",
+    )
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every model, e.g. policy.horizon=8")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.tasks) - set(METAWORLD_TASK_NAMES))

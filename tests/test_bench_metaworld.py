@@ -86,6 +86,22 @@ def test_reuse_refuses_a_run_dir_with_another_model_or_other_evaluations(run):
         bench_metaworld.run_benchmark(bench_metaworld.parse_args([*run["argv"], "--reuse", "--episodes", "3"]))
 
 
+def test_report_only_tables_the_finished_models_lists_the_pending_ones_and_trains_nothing(run, tmp_path):
+    seeds = run["argv"].index("--seeds")
+    argv = [*run["argv"][: seeds + 1], "0", "1", "2", *run["argv"][seeds + 3 :]]  # seed 2 never trained
+    argv[argv.index("--out") + 1] = str(tmp_path)
+    checkpoint = Path(run["payload"]["models"][0]["checkpoint"])
+    mtime = checkpoint.stat().st_mtime_ns
+    payload = bench_metaworld.run_benchmark(bench_metaworld.parse_args([*argv, "--report-only"]), progress=False)
+    assert [m["seed"] for m in payload["models"]] == [0, 1] and payload["pending"] == ["reach-v3 flow seed 2"]
+    assert not (run["tmp"] / "work" / "reach-v3" / "flow_seed2").exists() and checkpoint.stat().st_mtime_ns == mtime
+    assert "Partial: 2 of 3 models finished; pending: reach-v3 flow seed 2." in (tmp_path / "metaworld.md").read_text()
+    with pytest.raises(bench_metaworld.BenchmarkError, match="no finished model"):
+        bench_metaworld.run_benchmark(
+            bench_metaworld.parse_args([*argv, "--report-only", "--objectives", "ddpm"]), progress=False
+        )
+
+
 def test_top_k_mean_is_dp3s_score():
     assert bench_metaworld.top_k_mean([0.1, 0.9, 0.5, 0.7], 2) == pytest.approx(0.8)
     assert bench_metaworld.top_k_mean([0.4], 5) == pytest.approx(0.4)
