@@ -138,7 +138,12 @@ def plot_learning_curves(
         ax.grid(alpha=0.3)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=6)
+    shown: set[str] = set()
+    for ax in axes[: len(panels)]:  # a legend wherever a line appears that no earlier legend named
+        labels = set(ax.get_legend_handles_labels()[1])
+        if labels - shown:
+            ax.legend(fontsize=6)
+            shown |= labels
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100)
