@@ -2,6 +2,7 @@
 
     python eval.py checkpoint=PATH sweep.samplers=[ddpm,ddim,dpmsolver] sweep.num_steps=[1,2,4,8,16,100]
     python eval.py checkpoint=PATH sampler.num_steps=4   # the checkpoint's own sampler with 4 steps
+    python eval.py checkpoint=PATH n_action_steps=2      # replan after 2 executed actions instead of the trained count
     python eval.py checkpoint=PATH execution=rtc inference_delay=auto   # real-time chunking at the measured delay
     python eval.py checkpoint=PATH instruction="put the cube in the left bin" guidance_scale=2   # CFG
     python eval.py checkpoint=PATH tasks=all   # a multi-task checkpoint: each task with its own instruction
@@ -53,6 +54,22 @@ def build_execution(cfg: DictConfig) -> Execution:
         return Execution(strategy=strategy, delay=cfg.inference_delay, **settings)
     except ValueError as exc:
         raise EvalError(str(exc)) from exc
+
+
+def set_n_action_steps(policy: ChunkPolicy, n: int | None) -> None:
+    """Execute ``n`` actions of each chunk before replanning (None keeps the checkpoint's); EvalError if out of range.
+
+    Replanning is an inference choice, so a trained model runs at any n its chunk covers: 1..H - n_obs_steps + 1.
+    """
+    if n is None:
+        return
+    most = policy.horizon - policy.n_obs_steps + 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= most:
+        raise EvalError(
+            f"n_action_steps must be an int in 1..{most} for this checkpoint (horizon {policy.horizon}, "
+            f"{policy.n_obs_steps} observation steps); got {n!r}"
+        )
+    policy.n_action_steps = n
 
 
 def plan_cells(
@@ -118,6 +135,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not isinstance(task_cfg, dict):
         raise CheckpointError(f"checkpoint {path} has no task section in its config; it was not written by train.py")
     policy = ChunkPolicy.from_checkpoint(path, use_ema=cfg.use_ema, loaded=ckpt).to(device)
+    set_n_action_steps(policy, cfg.n_action_steps)
     targets = plan_targets(cfg, task_cfg, policy)
     execution = build_execution(cfg)
     if cfg.temporal_ensemble_k is not None and execution.strategy != "sync":

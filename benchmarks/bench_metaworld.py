@@ -201,6 +201,20 @@ def _pm(mean: float, sd: float, n: int) -> str:
     return f"{mean:.2f}" if n == 1 else f"{mean:.2f} ± {sd:.2f}"
 
 
+def pending_summary(pending: Sequence[str]) -> str:
+    """'seeds 1, 2 of a flow, b flow; seed 0 of c ddpm' from entries '<task> <objective> seed <n>' (short for many)."""
+    seeds: dict[str, list[str]] = {}
+    for entry in pending:
+        model, seed = entry.rsplit(" seed ", 1)
+        seeds.setdefault(model, []).append(seed)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for model, mine in seeds.items():
+        groups.setdefault(tuple(mine), []).append(model)
+    return "; ".join(
+        f"seed{'s' if len(mine) > 1 else ''} {', '.join(mine)} of {', '.join(models)}" for mine, models in groups.items()
+    )
+
+
 def markdown_report(payload: Mapping[str, Any]) -> str:
     """The Markdown tables: per (task, objective) against DP3, per-objective means, the protocol and command."""
     p = payload["protocol"]
@@ -216,7 +230,7 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         ""
         if len(payload["models"]) == planned
         else f"\n**Partial: {len(payload['models'])} of {planned} models finished; pending: "
-        f"{', '.join(payload.get('pending') or ['the rest'])}.**\n",
+        f"{pending_summary(payload.get('pending') or []) or 'the rest'}.**\n",
         f"| task | DP3 group | objective | seeds | success, best {k} of evaluations | final checkpoint | "
         "DP3 image DP | gap | train min per model | steps/s |",
         "|---|---|---|---|---|---|---|---:|---:|---:|",

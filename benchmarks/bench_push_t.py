@@ -128,7 +128,6 @@ def final_evaluation(
         policy, task, n_episodes=args.episodes, n_envs=args.n_envs, seed=args.eval_seed, progress=progress
     )
     result["step"] = trained["steps"]
-    result["n_action_steps"] = n_action_steps
     write_json(cache, result)
     return result
 

@@ -263,6 +263,7 @@ def evaluate(
         "denoiser_batch": 2 if policy.conditioned and scale not in (0, 1) else 1,
         "outcomes": dict(Counter(e["outcome"] for e in episodes if e["outcome"] is not None)),
         "temporal_ensemble_k": temporal_ensemble_k,
+        "n_action_steps": int(policy.n_action_steps),  # actions executed per chunk (sync): replanning frequency
         **execution.describe(),
         "auto_delay_latency_ms": None if latency is None else latency * 1000,
         **controller.jump_summary(),

@@ -95,7 +95,7 @@ def test_report_only_tables_the_finished_models_lists_the_pending_ones_and_train
     payload = bench_metaworld.run_benchmark(bench_metaworld.parse_args([*argv, "--report-only"]), progress=False)
     assert [m["seed"] for m in payload["models"]] == [0, 1] and payload["pending"] == ["reach-v3 flow seed 2"]
     assert not (run["tmp"] / "work" / "reach-v3" / "flow_seed2").exists() and checkpoint.stat().st_mtime_ns == mtime
-    assert "Partial: 2 of 3 models finished; pending: reach-v3 flow seed 2." in (tmp_path / "metaworld.md").read_text()
+    assert "Partial: 2 of 3 models finished; pending: seed 2 of reach-v3 flow." in (tmp_path / "metaworld.md").read_text()
     with pytest.raises(bench_metaworld.BenchmarkError, match="no finished model"):
         bench_metaworld.run_benchmark(
             bench_metaworld.parse_args([*argv, "--report-only", "--objectives", "ddpm"]), progress=False
@@ -130,3 +130,10 @@ def test_reuse_ignores_options_added_later_at_their_neutral_value():
     assert _without_new_neutral({"expert": {"noise_std": 0.0, "steps_after_success": 0}, "name": "a"}, stored) == stored
     changed = {"expert": {"noise_std": 0.0, "steps_after_success": 10}, "name": "a"}
     assert _without_new_neutral(changed, stored) == changed  # a new option that changes behaviour still differs
+
+
+def test_pending_summary_groups_models_by_their_missing_seeds():
+    pending = ["a-v3 flow seed 1", "a-v3 flow seed 2", "b-v3 ddpm seed 0", "c-v3 flow seed 1", "c-v3 flow seed 2"]
+    summary = bench_metaworld.pending_summary(pending)
+    assert summary == "seeds 1, 2 of a-v3 flow, c-v3 flow; seed 0 of b-v3 ddpm"
+    assert bench_metaworld.pending_summary([]) == ""

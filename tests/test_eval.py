@@ -409,3 +409,15 @@ def test_instructions_for_a_policy_without_them_and_tasks_of_a_single_task_are_r
         eval_script.run(_cfg(*base, "guidance_scale=2"))
     with pytest.raises(evaluation.EvalError, match="is a single task"):
         eval_script.run(_cfg(*base, "tasks=all"))
+
+
+def test_n_action_steps_replans_as_often_as_asked_and_out_of_range_is_a_one_line_error(ckpt, tmp_path):
+    base = (f"checkpoint={ckpt}", "n_episodes=1", "n_envs=1", "n_videos=0", "progress=false")
+    own = eval_script.run(_cfg(*base, f"out_dir={tmp_path / 'own'}"))
+    every = eval_script.run(_cfg(*base, f"out_dir={tmp_path / 'every'}", "n_action_steps=1"))
+    assert own["n_action_steps"] == 4 and own["latency_ms"]["calls"] == 2  # 6 steps, 4 actions per chunk
+    assert every["n_action_steps"] == 1 and every["latency_ms"]["calls"] == 6  # a new chunk every step
+    for bad in ("0", "8", "2.5"):  # horizon 8 - 2 observation steps + 1 = 7 at most
+        with pytest.raises(evaluation.EvalError, match=r"^n_action_steps must be an int in 1\.\.7 for this checkpoint"):
+            eval_script.run(_cfg(*base, f"out_dir={tmp_path / 'bad'}", f"n_action_steps={bad}"))
+    assert not (tmp_path / "bad").exists()
