@@ -210,9 +210,8 @@ def pending_summary(pending: Sequence[str]) -> str:
     groups: dict[tuple[str, ...], list[str]] = {}
     for model, mine in seeds.items():
         groups.setdefault(tuple(mine), []).append(model)
-    return "; ".join(
-        f"seed{'s' if len(mine) > 1 else ''} {', '.join(mine)} of {', '.join(models)}" for mine, models in groups.items()
-    )
+    parts = [f"seed{'s' * (len(mine) > 1)} {', '.join(mine)} of {', '.join(models)}" for mine, models in groups.items()]
+    return "; ".join(parts)
 
 
 def markdown_report(payload: Mapping[str, Any]) -> str:

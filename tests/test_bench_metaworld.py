@@ -95,7 +95,8 @@ def test_report_only_tables_the_finished_models_lists_the_pending_ones_and_train
     payload = bench_metaworld.run_benchmark(bench_metaworld.parse_args([*argv, "--report-only"]), progress=False)
     assert [m["seed"] for m in payload["models"]] == [0, 1] and payload["pending"] == ["reach-v3 flow seed 2"]
     assert not (run["tmp"] / "work" / "reach-v3" / "flow_seed2").exists() and checkpoint.stat().st_mtime_ns == mtime
-    assert "Partial: 2 of 3 models finished; pending: seed 2 of reach-v3 flow." in (tmp_path / "metaworld.md").read_text()
+    table = (tmp_path / "metaworld.md").read_text()
+    assert "Partial: 2 of 3 models finished; pending: seed 2 of reach-v3 flow." in table
     with pytest.raises(bench_metaworld.BenchmarkError, match="no finished model"):
         bench_metaworld.run_benchmark(
             bench_metaworld.parse_args([*argv, "--report-only", "--objectives", "ddpm"]), progress=False
