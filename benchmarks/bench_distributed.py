@@ -37,7 +37,7 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # name -> train.py overrides (the store is collected once, into --work-dir, with the task's expert)
 CASES: dict[str, list[str]] = {
     "image": ["+experiment=demo", "task.n_demos=20"],  # make demo's 64 px image + agent_pos policy, batch 64
-    "state": ["task=push_t", "obs=state", "task.n_demos=20"],  # low-dim state, UNet [64, 128, 256], batch 64
+    "state": ["task=push_t", "~recipe", "obs=state", "task.n_demos=20"],  # low-dim state, UNet [64, 128, 256], batch 64
 }
 LAYOUTS = ((1, 1), (1, 2), (2, 1))  # (processes, torch threads per process)
 

@@ -38,16 +38,16 @@ PAIRS: dict[str, tuple[list[str], dict[str, tuple[int, list[str]]]]] = {
     "metaworld-image": (
         METAWORLD,
         {
-            "old, bench default threads": (1, ["policy.encoder.crop_shape=[76,76]"]),
-            "old": (os.cpu_count() or 1, ["policy.encoder.crop_shape=[76,76]"]),
+            "old, bench default threads": (1, ["~recipe", "policy.encoder.crop_shape=[76,76]"]),
+            "old": (os.cpu_count() or 1, ["~recipe", "policy.encoder.crop_shape=[76,76]"]),
             "new": (os.cpu_count() or 1, ["+experiment=metaworld"]),
         },
     ),
     "push_t-state": (
         ["task=push_t", "obs=state"],
         {
-            "old, bench default threads": (1, ["training=cpu", "amp=true"]),  # bf16 was amp=auto's choice here
-            "old": (os.cpu_count() or 1, ["training=cpu", "amp=true"]),
+            "old, bench default threads": (1, ["~recipe", "training=cpu", "amp=true"]),  # bf16: amp=auto's choice then
+            "old": (os.cpu_count() or 1, ["~recipe", "training=cpu", "amp=true"]),
             "new": (os.cpu_count() or 1, ["+experiment=push_t_state"]),
         },
     ),

@@ -160,8 +160,26 @@ def validation_loss(
     return sum(losses) / len(losses)
 
 
+def rollout_instruction(policy: ChunkPolicy, task: EnvTask, cfg: DictConfig) -> tuple[str | None, float]:
+    """(instruction, guidance scale) of training rollouts: what an instruction-conditioned policy is asked.
+
+    A multi-task policy is asked its training instruction of the rollout env's task (``cfg.task.tasks`` names each
+    task's env). A policy with no such task (one store whose episodes carry several instructions, e.g. PickPlace's
+    bins) runs its unconditional model (scale 0), so the curve does not depend on one instruction picked for it.
+    An unconditioned policy: (None, 1).
+    """
+    if not policy.conditioned:
+        return None, 1.0
+    known = (policy.instruction_config or {}).get("tasks") or {}
+    names = [str(n) for n, env_id in (cfg.task.get("tasks") or {}).items() if env_id == task.env_id]
+    if names and names[0] in known:
+        return known[names[0]], 1.0
+    return None, 0.0
+
+
 def rollout_success(policy: ChunkPolicy, task: EnvTask, cfg: DictConfig, step: int, run_dir: Path) -> dict[str, Any]:
     """Roll ``policy`` out on fresh seeded episodes through policy.evaluation (eval.py's path); returns its summary."""
+    instruction, guidance_scale = rollout_instruction(policy, task, cfg)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the env worker processes need the other cores
     try:
@@ -175,6 +193,8 @@ def rollout_success(policy: ChunkPolicy, task: EnvTask, cfg: DictConfig, step: i
                 out_dir=run_dir / "rollouts" / f"step_{step:07d}",
                 n_videos=cfg.rollout.n_videos,
                 progress=False,
+                instruction=instruction,
+                guidance_scale=guidance_scale,
             )
     finally:
         torch.set_num_threads(threads)

@@ -27,8 +27,10 @@ def test_every_case_is_a_valid_train_config(pair):
         assert (new.policy.n_obs_steps, old.policy.n_obs_steps) == (2, 2) and new.policy.horizon == 4
         assert list(new.policy.denoiser.down_dims) == [32, 64, 128] and new.policy.encoder.small_activation == "silu"
         assert new.task.env_kwargs.image_size == old.task.env_kwargs.image_size == 84
+        assert (old.policy.horizon, old.training.max_steps, old.rollout.every) == (16, 2000, 0)  # no recipe
     if pair == "push_t-state":
         new, old = built["new"], built["old"]
         assert new.obs == old.obs == "state" and old.amp is True and new.amp == "auto"  # auto: fp32 for low-dim
         assert (new.training.batch_size, old.training.batch_size) == (256, 64)
         assert list(new.policy.denoiser.down_dims) == [32, 64, 128] and new.policy.n_action_steps == 4
+        assert list(old.policy.denoiser.down_dims) == [64, 128, 256] and old.policy.n_action_steps == 8

@@ -97,3 +97,28 @@ def test_every_config_option_has_a_comment():
                 and not stripped.endswith(":")
             ):
                 assert "  # " in line, f"{path.name}: option without a comment: {line!r}"
+
+
+def _train_cfg(*overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def test_a_tasks_recipe_applies_with_the_cpu_defaults_and_yields_to_the_command_line():
+    push_t, metaworld, generic = _train_cfg("task=push_t"), _train_cfg("task=metaworld"), _train_cfg("task=push_around")
+    assert push_t.obs == "state" and push_t.training.batch_size == 256 and push_t.training.lr == 5e-4
+    assert list(push_t.policy.denoiser.down_dims) == [32, 64, 128] and push_t.policy.n_action_steps == 4
+    assert (metaworld.policy.horizon, metaworld.policy.n_obs_steps, metaworld.policy.n_action_steps) == (4, 2, 3)
+    assert metaworld.dataset.val_ratio == 0.0 and metaworld.rollout.every == 300
+    assert (generic.policy.horizon, generic.training.batch_size, generic.rollout.every) == (16, 64, 0)  # no recipe
+    assert _train_cfg("task=metaworld_multi").policy.horizon == 4  # the multi-task store takes the single-task recipe
+    dp = _train_cfg("task=push_t", "policy=unet_dp", "training=dp")  # Diffusion Policy's setup is left alone
+    assert list(dp.policy.denoiser.down_dims) == [256, 512, 1024] and dp.training.max_steps == 200000
+    assert dp.obs == "image" and dp.training.batch_size == 64
+    assert _train_cfg("task=push_t", "training.batch_size=32").training.batch_size == 32  # the command line wins
+    dropped = _train_cfg("task=push_t", "~recipe")
+    assert dropped.obs == "image" and dropped.training.batch_size == 64 and dropped.rollout.every == 0
+    image = _train_cfg("+experiment=push_t_image")
+    assert image.obs == "image" and image.training.batch_size == 64 and image.training.max_steps == 6000
+    pinned = _train_cfg("+experiment=metaworld", "task=metaworld_multi", "policy.horizon=8")
+    assert pinned.policy.horizon == 8 and pinned.policy.n_action_steps == 3

@@ -363,3 +363,20 @@ def test_instruction_conditioning_on_a_store_without_instructions_is_refused(tmp
         train(
             _compose([*tiny_overrides(tmp_path, legacy), "obs=state", "instruction_conditioning=true"]), tmp_path / "r"
         )
+
+
+def test_training_rollouts_ask_a_conditioned_policy_its_tasks_instruction_or_its_unconditional_model():
+    from types import SimpleNamespace
+
+    from policy.training import rollout_instruction
+
+    multi = OmegaConf.create({"task": {"tasks": {"reach-v3": "env/reach", "push-v3": "env/push"}}})
+    single = OmegaConf.create({"task": {"name": "pick_place"}})
+    tasks = {"reach-v3": "reach the goal", "push-v3": "push the puck"}
+    conditioned = SimpleNamespace(conditioned=True, instruction_config={"tasks": tasks})
+    assert rollout_instruction(conditioned, SimpleNamespace(env_id="env/push"), multi) == ("push the puck", 1.0)
+    assert rollout_instruction(conditioned, SimpleNamespace(env_id="env/other"), multi) == (None, 0.0)
+    several = SimpleNamespace(conditioned=True, instruction_config={"tasks": {}})  # one task, several instructions
+    assert rollout_instruction(several, SimpleNamespace(env_id="env/pick"), single) == (None, 0.0)
+    plain = SimpleNamespace(conditioned=False, instruction_config=None)
+    assert rollout_instruction(plain, SimpleNamespace(env_id="env/pick"), single) == (None, 1.0)
