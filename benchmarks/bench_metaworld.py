@@ -219,6 +219,7 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
     p = payload["protocol"]
     k = p["top_k"]
     planned = len(p["tasks"]) * len(p["objectives"]) * len(p["seeds"])
+    planned = max(planned, len(payload["models"]) + len(payload["pending"]))  # --report-only found more seeds
     lines = [
         f"MetaWorld v3, {p['demos']} expert demos per task, `image` ({p['image_size']} px, crop {p['crop_size']}) + "
         f"`agent_pos`; UNet {p['down_dims']}, horizon {p['horizon']}, {p['n_obs_steps']} observation steps, "
@@ -346,6 +347,22 @@ def is_finished(cfg: DictConfig, run_dir: Path) -> bool:
     return ckpt is not None and ckpt["step"] >= cfg.training.max_steps
 
 
+def planned_jobs(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """(task, objective, seed) of every model: the --seeds, and with --report-only also each seed in --work-dir.
+
+    So one report covers runs that trained more seeds on some tasks (``--seeds 0 1 2 --tasks a b``) than on the rest.
+    """
+    jobs = []
+    for task in args.tasks:
+        for objective in args.objectives:
+            seeds = set(args.seeds)
+            if args.report_only:
+                names = (p.name.removeprefix(f"{objective}_seed") for p in (Path(args.work_dir) / task).glob("*_seed*"))
+                seeds |= {int(n) for n in names if n.isdigit()}
+            jobs += [(task, objective, seed) for seed in sorted(seeds)]
+    return jobs
+
+
 def run_benchmark(args: argparse.Namespace, progress: bool = True) -> dict[str, Any]:
     """Collect, train and evaluate every (task, objective, seed), rewriting the report after each model.
 
@@ -354,7 +371,7 @@ def run_benchmark(args: argparse.Namespace, progress: bool = True) -> dict[str, 
     """
     start = time.perf_counter()
     models, collected, pending = [], {}, []
-    jobs = [(task, objective, seed) for task in args.tasks for objective in args.objectives for seed in args.seeds]
+    jobs = planned_jobs(args)
     payload: dict[str, Any] = {}
     for task, objective, seed in tqdm(jobs, desc="bench_metaworld", unit="model", disable=not progress):
         store = Path(args.work_dir) / task / f"demos_{args.image_size}px.zarr"
@@ -403,7 +420,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="train nothing: tables of the finished models in --work-dir, the others listed as pending",
+        help="train nothing: tables of the finished models in --work-dir (any seed), the other --seeds named pending",
     )
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every model, e.g. policy.horizon=8")
     args = parser.parse_args(argv)

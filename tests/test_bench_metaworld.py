@@ -101,6 +101,10 @@ def test_report_only_tables_the_finished_models_lists_the_pending_ones_and_train
         bench_metaworld.run_benchmark(
             bench_metaworld.parse_args([*argv, "--report-only", "--objectives", "ddpm"]), progress=False
         )
+    argv[seeds + 1 : seeds + 4] = ["0"]  # seed 1 was trained too: the report finds it, and nothing is pending
+    payload = bench_metaworld.run_benchmark(bench_metaworld.parse_args([*argv, "--report-only"]), progress=False)
+    assert [m["seed"] for m in payload["models"]] == [0, 1] and payload["pending"] == []
+    assert "Partial" not in (tmp_path / "metaworld.md").read_text()
 
 
 def test_top_k_mean_is_dp3s_score():
