@@ -12,9 +12,10 @@ no retraining), on the same episodes.
 
 Usage (from the repo root):
     python benchmarks/bench_push_t.py --obs state image --objectives flow --seeds 0 --reuse
-Writes push_t.json, push_t.md and push_t_curves.png to --out (default benchmarks/results), rewritten after each
-model. Run dirs are fixed (``<work-dir>/<obs>/<objective>_seed<k>``, the store ``<work-dir>/push_t.zarr``); with
---reuse a finished model is not retrained, an interrupted one resumes and a finished evaluation is kept.
+Writes push_t.json, push_t.md and push_t_curves.png (push_t_<tag>.* with --tag) to --out (default
+benchmarks/results), rewritten after each model. Run dirs are fixed (``<work-dir>/<obs>/<objective>_seed<k>``,
+the store ``<work-dir>/push_t.zarr``); with --reuse a finished model is not retrained, an interrupted one resumes
+and a finished evaluation is kept.
 """
 
 from __future__ import annotations
@@ -197,7 +198,8 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
     p = payload["protocol"]
     planned = len(p["obs"]) * len(p["objectives"]) * len(p["seeds"])
     lines = [
-        f"PushT, {p['demos']} expert demos; recipes configs/experiment/push_t_<obs>.yaml; final checkpoint on "
+        f"PushT, {p['demos']} expert demos; recipes configs/experiment/push_t_<obs>.yaml (the state one is "
+        "configs/recipe/push_t_unet_cpu.yaml, which task=push_t loads); final checkpoint on "
         f"{p['episodes']} episodes (seeds {p['eval_seed']}..{p['eval_seed'] + p['episodes'] - 1}), learning curve "
         f"every {p['eval_every']} steps on the first {p['curve_episodes']}; CPU, {p['torch_threads']} torch "
         f"thread(s), {p['n_envs']} env worker(s).",
@@ -238,7 +240,7 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         "Normalized score: Diffusion Policy's PushT metric, max coverage / 0.95 clipped to 1, mean over episodes. "
         "Goals (issue #13): state success >= 0.80 and score >= 0.90, image score >= 0.80, each in <= 15 training "
         "minutes (evaluations excluded). Reference: Diffusion Policy (Chi et al. 2023), CNN, on its own PushT. "
-        "The learning curves are in push_t_curves.png.",
+        f"The learning curves are in {payload['stem']}_curves.png.",
         "",
         f"Demonstrations (our PushT expert, both strategies, env seeds 0..): {payload['collection']['episodes']} "
         f"episodes / {payload['collection']['steps']} steps; 5% of episodes held out for the validation loss.",
@@ -258,12 +260,18 @@ def recipe_summary(cfg: DictConfig) -> str:
     )
 
 
+def output_stem(args: argparse.Namespace) -> str:
+    """push_t, or push_t_<tag>: the result files' name, so a variant's table sits beside the recipe's."""
+    return f"push_t_{args.tag}" if args.tag else "push_t"
+
+
 def write_report(
     args: argparse.Namespace, models: list[dict], recipes: dict[str, str], collected: dict[str, Any], wall: float
 ) -> dict:
-    """Write push_t.{json,md} and push_t_curves.png to args.out for the models so far; returns the JSON."""
+    """Write <stem>.{json,md} and <stem>_curves.png to args.out for the models so far; returns the JSON."""
     rows = summary_rows(models)
     payload = {
+        "stem": output_stem(args),
         "command": " ".join(["python", "benchmarks/bench_push_t.py", *args.argv]),
         "protocol": {
             "obs": args.obs,
@@ -286,13 +294,13 @@ def write_report(
         "models": models,
     }
     out = Path(args.out)
-    write_json(out / "push_t.json", payload)
-    write_text_atomic(out / "push_t.md", markdown_report(payload))
+    write_json(out / f"{payload['stem']}.json", payload)
+    write_text_atomic(out / f"{payload['stem']}.md", markdown_report(payload))
     panels: dict[str, list] = {}
     for m in models:
         panels.setdefault(m["obs"], []).append((f"{m['objective']} seed {m['seed']}", m["evaluations"]))
     references = {obs: DIFFUSION_POLICY_SCORE[obs] for obs in panels}
-    plot_learning_curves(panels, out / "push_t_curves.png", references, metric="normalized_score")
+    plot_learning_curves(panels, out / f"{payload['stem']}_curves.png", references, metric="normalized_score")
     return payload
 
 
@@ -346,8 +354,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "bench_push_t", help="store, run dirs")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where push_t.{json,md,_curves.png} go")
     parser.add_argument("--reuse", action="store_true", help="keep finished models in --work-dir, resume the others")
+    parser.add_argument("--tag", default="", help="name the results push_t_<tag>.* instead of push_t.* (a variant)")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every model")
     args = parser.parse_args(argv)
+    if args.tag and not args.tag.replace("_", "").replace("-", "").isalnum():
+        parser.error(f"--tag {args.tag!r} must be letters, digits, '_' or '-' (it names files)")
     if any(n < 1 for n in args.ablate_n_action_steps):
         parser.error(f"--ablate-n-action-steps {args.ablate_n_action_steps} must all be >= 1")
     counts = ("demos", "eval_every", "curve_episodes", "episodes", "n_envs", "threads")
@@ -367,8 +378,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         payload = run_benchmark(args)
     except BenchmarkError as exc:
         sys.exit(f"bench_push_t.py: error: {exc}")
-    print((args.out / "push_t.md").read_text())
-    print(f"wall time {payload['wall_time_s'] / 60:.1f} min; results in {args.out}/push_t.{{json,md}}")
+    stem = output_stem(args)
+    print((args.out / f"{stem}.md").read_text())
+    print(f"wall time {payload['wall_time_s'] / 60:.1f} min; results in {args.out}/{stem}.{{json,md}}")
 
 
 if __name__ == "__main__":

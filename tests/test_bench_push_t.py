@@ -81,6 +81,11 @@ def test_reuse_keeps_models_and_final_evaluations(run):
     again = bench_push_t.run_benchmark(bench_push_t.parse_args([*run["argv"], "--reuse"]), progress=False)
     assert [p.stat().st_mtime_ns for p in evals] == mtimes
     assert [m["normalized_score"] for m in again["models"]] == [m["normalized_score"] for m in run["payload"]["models"]]
+    tagged = bench_push_t.parse_args([*run["argv"], "--reuse", "--tag", "b8"])
+    assert bench_push_t.run_benchmark(tagged, progress=False)["stem"] == "push_t_b8"
+    results = run["tmp"] / "results"
+    assert (results / "push_t_b8.json").exists() and (results / "push_t_b8_curves.png").exists()
+    assert "push_t_b8_curves.png" in (results / "push_t_b8.md").read_text()
 
 
 def test_recipes_compose_for_train_py():
@@ -89,7 +94,10 @@ def test_recipes_compose_for_train_py():
     assert state.task.name == image.task.name == "push_t" and (state.obs, image.obs) == ("state", "image")
 
 
-@pytest.mark.parametrize("args, message", [(["--episodes", "0"], "must be >= 1"), (["--obs", "rgb"], "invalid choice")])
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--episodes", "0"], "must be >= 1"), (["--obs", "rgb"], "invalid choice"), (["--tag", "../x"], "--tag")],
+)
 def test_bad_arguments_are_refused(args, message, capsys):
     with pytest.raises(SystemExit):
         bench_push_t.parse_args(args)
