@@ -11,19 +11,20 @@ learning curves (success against training wall-clock, evaluation time excluded) 
 
 Usage (from the repo root):
     python benchmarks/bench_metaworld.py --tasks reach-v3 drawer-open-v3 --objectives flow --seeds 0 1 2 --reuse
-Writes metaworld.json, metaworld.md and metaworld_curves.png to --out (default benchmarks/results), rewritten
-after each model. Run dirs are fixed (``<work-dir>/<task>/<objective>_seed<k>``, demos in
-``<work-dir>/<task>/demos_<px>px.zarr``); with --reuse a finished model is not retrained and an interrupted
-one resumes from its last checkpoint, so a long table can be built across sessions. Several processes may train
-disjoint --tasks into one --work-dir; ``--report-only`` then writes the table of every finished model there and
-lists the planned ones still pending, training nothing.
+Models train with the MetaWorld recipe (configs/recipe/metaworld_unet_cpu.yaml): its optimizer steps and evaluation
+interval unless --train-steps / --eval-every say otherwise. Writes metaworld.json, metaworld.md and
+metaworld_curves.png (metaworld_<tag>.* with --tag) to --out (default benchmarks/results), rewritten after each
+model. Run dirs are fixed (``<work-dir>/<task>/<objective>_seed<k>``, demos in
+``<work-dir>/<task>/demos_<px>px.zarr``); with --reuse a finished model is not retrained and an interrupted one resumes
+from its last checkpoint, so a long table can be built across sessions. Several processes may train disjoint
+--tasks into one --work-dir; ``--report-only`` then writes the table of every finished model there and lists the
+planned ones still pending, training nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,7 +42,7 @@ from data.replay_buffer import ReplayBuffer
 from dp3_reference import DP3_DIFFUSION_POLICY, group_means
 from envs.metaworld_tasks import METAWORLD_MAX_EPISODE_STEPS, METAWORLD_TASK_NAMES
 from policy.optim import autocast_enabled, resolve_device
-from results_io import RESULTS_DIR, write_json
+from results_io import RESULTS_DIR, cpu_caption, machine_info, tag_error, tagged_stem, write_json
 from training_runs import (
     MODEL_KEYS,
     BenchmarkError,
@@ -75,12 +76,12 @@ def train_overrides(task: str, objective: str, seed: int, args: argparse.Namespa
         "obs=image",
         f"objective={objective}",
         f"seed={seed}",
-        f"training.max_steps={args.train_steps}",
+        *([] if args.train_steps is None else [f"training.max_steps={args.train_steps}"]),
         f"training.batch_size={args.batch_size}",
         f"amp={args.amp}",
         "dataset.val_ratio=0",  # every demo trains
         "dataset.collect_workers=1",
-        f"rollout.every={args.eval_every}",
+        *([] if args.eval_every is None else [f"rollout.every={args.eval_every}"]),
         f"rollout.n_episodes={args.episodes}",
         f"rollout.n_envs={args.n_envs}",
         f"rollout.seed={args.eval_seed}",
@@ -226,7 +227,8 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         f"{p['n_action_steps']} actions per chunk; {p['train_steps']} training steps x batch {p['batch_size']} "
         f"(bf16 autocast {p['amp']}); evaluation every {p['eval_every']} steps on the same {p['episodes']} layouts "
         f"(seeds {p['eval_seed']}..{p['eval_seed'] + p['episodes'] - 1}), at most {p['max_episode_steps']} steps "
-        f"each; CPU, {p['torch_threads']} torch thread(s), {p['n_envs']} env worker(s).",
+        f"each; CPU ({cpu_caption(payload.get('machine', {}))}), {p['torch_threads']} torch thread(s), "
+        f"{p['n_envs']} env worker(s).",
         ""
         if len(payload["models"]) == planned
         else f"\n**Partial: {len(payload['models'])} of {planned} models finished; pending: "
@@ -267,7 +269,7 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         f"Reference: DP3 (Ze et al. 2024, arXiv:2403.03954, Table XVIII), its image Diffusion Policy baseline with "
         "10 demos: mean of the best 5 of its evaluations during 3000 training epochs on a GPU (20 episodes of "
         f"200 steps every 200 epochs), mean ± sd over 3 seeds; group means {groups}. Training minutes exclude "
-        "the evaluations; the learning curves are in metaworld_curves.png.",
+        f"the evaluations; the learning curves are in {payload['stem']}_curves.png.",
         "",
         f"Command: `{payload['command']}`",
         "",
@@ -283,7 +285,7 @@ def write_report(
     wall: float,
     pending: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Write metaworld.{json,md} and metaworld_curves.png to args.out for the models so far; returns the JSON.
+    """Write <stem>.{json,md} and <stem>_curves.png to args.out for the models so far; returns the JSON.
 
     ``pending`` names the planned models known not to be finished (--report-only); the others not yet in
     ``models`` are still to come in this run.
@@ -292,6 +294,7 @@ def write_report(
     rows = summary_rows(models)
     payload = {
         "command": " ".join(["python", "benchmarks/bench_metaworld.py", *args.argv]),
+        "stem": output_stem(args),
         "protocol": {
             "tasks": args.tasks,
             "objectives": args.objectives,
@@ -303,9 +306,9 @@ def write_report(
             "horizon": policy_cfg["horizon"],
             "n_obs_steps": policy_cfg["n_obs_steps"],
             "n_action_steps": policy_cfg["n_action_steps"],
-            "train_steps": args.train_steps,
+            "train_steps": cfg.training.max_steps,
             "batch_size": args.batch_size,
-            "eval_every": args.eval_every,
+            "eval_every": cfg.rollout.every,
             "top_k": args.top_k,
             "amp": autocast_enabled(cfg.amp, resolve_device(cfg.device)),  # resolved: bf16 autocast on or off
             "max_episode_steps": args.max_episode_steps,
@@ -315,7 +318,7 @@ def write_report(
             "torch_threads": torch.get_num_threads(),
             "overrides": args.overrides,
         },
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "cpus": os.cpu_count()},
+        "machine": machine_info(),
         "dp3_group_means": group_means(),
         "collection": collected,
         "wall_time_s": wall,
@@ -324,15 +327,20 @@ def write_report(
         "models": models,
         "pending": list(pending),
     }
-    out = Path(args.out)
-    write_json(out / "metaworld.json", payload)
-    write_text_atomic(out / "metaworld.md", markdown_report(payload))
+    out, stem = Path(args.out), payload["stem"]
+    write_json(out / f"{stem}.json", payload)
+    write_text_atomic(out / f"{stem}.md", markdown_report(payload))
     panels: dict[str, list] = {}
     for m in models:
         panels.setdefault(m["task"], []).append((f"{m['objective']} seed {m['seed']}", m["evaluations"]))
     references = {task: DP3_DIFFUSION_POLICY[task][1] for task in panels}
-    plot_learning_curves(panels, out / "metaworld_curves.png", references)
+    plot_learning_curves(panels, out / f"{stem}_curves.png", references)
     return payload
+
+
+def output_stem(args: argparse.Namespace) -> str:
+    """metaworld, or metaworld_<tag>: the result files' name, so a variant's table sits beside the recipe's."""
+    return tagged_stem("metaworld", args.tag)
 
 
 def stored_demos(store: Path) -> dict[str, Any]:
@@ -397,9 +405,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES, help="models per task")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds per (task, objective)")
     parser.add_argument("--demos", type=int, default=10, help="expert demonstrations per task (DP3: 10)")
-    parser.add_argument("--train-steps", type=int, default=3000, help="optimizer steps per model")
+    parser.add_argument("--train-steps", type=int, default=None, help="optimizer steps per model (default: recipe)")
     parser.add_argument("--batch-size", type=int, default=64, help="training windows per step")
-    parser.add_argument("--eval-every", type=int, default=300, help="optimizer steps between evaluations")
+    parser.add_argument(
+        "--eval-every", type=int, default=None, help="optimizer steps between evaluations (default: recipe)"
+    )
     parser.add_argument("--top-k", type=int, default=5, help="a model's score: mean of its best k evaluations (DP3: 5)")
     parser.add_argument("--episodes", type=int, default=20, help="episodes per evaluation (DP3: 20)")
     parser.add_argument("--max-episode-steps", type=int, default=DP3_EPISODE_STEPS, help="evaluation episode length")
@@ -416,6 +426,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads while training")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "bench_metaworld", help="demos, run dirs")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where metaworld.{json,md,_curves.png} go")
+    parser.add_argument(
+        "--tag", default="", help="name the results metaworld_<tag>.* instead of metaworld.* (a variant)"
+    )
     parser.add_argument("--reuse", action="store_true", help="keep finished models in --work-dir, resume the others")
     parser.add_argument(
         "--report-only",
@@ -427,8 +440,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.tasks) - set(METAWORLD_TASK_NAMES))
     if unknown:
         parser.error(f"unknown MetaWorld tasks {unknown}; choose from {list(METAWORLD_TASK_NAMES)}")
+    if error := tag_error(args.tag):
+        parser.error(error)
     counts = ("demos", "train_steps", "batch_size", "eval_every", "top_k", "episodes", "max_episode_steps", "n_envs")
-    if min(getattr(args, name) for name in (*counts, "threads")) < 1:
+    if min(v for v in (getattr(args, name) for name in (*counts, "threads")) if v is not None) < 1:
         names = ", ".join(f"--{name.replace('_', '-')}" for name in (*counts, "threads"))
         parser.error(f"{names} must be >= 1")
     if not 0 < args.crop_size < args.image_size:
@@ -445,8 +460,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         payload = run_benchmark(args)
     except BenchmarkError as exc:
         sys.exit(f"bench_metaworld.py: error: {exc}")
-    print((args.out / "metaworld.md").read_text())
-    print(f"wall time {payload['wall_time_s'] / 60:.1f} min; results in {args.out}/metaworld.{{json,md}}")
+    stem = payload["stem"]
+    print((args.out / f"{stem}.md").read_text())
+    print(f"wall time {payload['wall_time_s'] / 60:.1f} min; results in {args.out}/{stem}.{{json,md}}")
 
 
 if __name__ == "__main__":

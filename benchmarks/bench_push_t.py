@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,7 +41,7 @@ from envs.task_env import TaskEnv
 from policy.chunk_policy import ChunkPolicy
 from policy.evaluation import evaluate
 from policy.optim import autocast_enabled, resolve_device
-from results_io import RESULTS_DIR, write_json
+from results_io import RESULTS_DIR, cpu_caption, machine_info, tag_error, tagged_stem, write_json
 from training_runs import MODEL_KEYS, BenchmarkError, compose_train_config, plot_learning_curves, train_or_reuse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +200,8 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
         f"PushT, {p['demos']} expert demos; recipes configs/experiment/push_t_<obs>.yaml (the state one is "
         "configs/recipe/push_t_unet_cpu.yaml, which task=push_t loads); final checkpoint on "
         f"{p['episodes']} episodes (seeds {p['eval_seed']}..{p['eval_seed'] + p['episodes'] - 1}), learning curve "
-        f"every {p['eval_every']} steps on the first {p['curve_episodes']}; CPU, {p['torch_threads']} torch "
+        f"every {p['eval_every']} steps on the first {p['curve_episodes']}; CPU "
+        f"({cpu_caption(payload.get('machine', {}))}), {p['torch_threads']} torch "
         f"thread(s), {p['n_envs']} env worker(s).",
         ""
         if len(payload["models"]) == planned
@@ -262,7 +262,7 @@ def recipe_summary(cfg: DictConfig) -> str:
 
 def output_stem(args: argparse.Namespace) -> str:
     """push_t, or push_t_<tag>: the result files' name, so a variant's table sits beside the recipe's."""
-    return f"push_t_{args.tag}" if args.tag else "push_t"
+    return tagged_stem("push_t", args.tag)
 
 
 def write_report(
@@ -286,7 +286,7 @@ def write_report(
             "torch_threads": torch.get_num_threads(),
             "overrides": args.overrides,
         },
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "cpus": os.cpu_count()},
+        "machine": machine_info(),
         "recipes": recipes,
         "collection": collected,
         "wall_time_s": wall,
@@ -357,8 +357,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tag", default="", help="name the results push_t_<tag>.* instead of push_t.* (a variant)")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every model")
     args = parser.parse_args(argv)
-    if args.tag and not args.tag.replace("_", "").replace("-", "").isalnum():
-        parser.error(f"--tag {args.tag!r} must be letters, digits, '_' or '-' (it names files)")
+    if error := tag_error(args.tag):
+        parser.error(error)
     if any(n < 1 for n in args.ablate_n_action_steps):
         parser.error(f"--ablate-n-action-steps {args.ablate_n_action_steps} must all be >= 1")
     counts = ("demos", "eval_every", "curve_episodes", "episodes", "n_envs", "threads")

@@ -107,6 +107,29 @@ def test_report_only_tables_the_finished_models_lists_the_pending_ones_and_train
     assert "Partial" not in (tmp_path / "metaworld.md").read_text()
 
 
+def test_a_tag_names_the_result_files_and_the_caption_names_the_cpu(run, tmp_path):
+    argv = [*run["argv"], "--report-only", "--tag", "variant"]
+    argv[argv.index("--out") + 1] = str(tmp_path)
+    payload = bench_metaworld.run_benchmark(bench_metaworld.parse_args(argv), progress=False)
+    assert payload["stem"] == "metaworld_variant" and not (tmp_path / "metaworld.md").exists()
+    assert json.loads((tmp_path / "metaworld_variant.json").read_text())["stem"] == "metaworld_variant"
+    table = (tmp_path / "metaworld_variant.md").read_text()
+    assert "metaworld_variant_curves.png" in table and (tmp_path / "metaworld_variant_curves.png").exists()
+    assert f"CPU ({payload['machine']['cpu']}, " in table and payload["machine"]["cpus"] >= 1
+
+
+def test_steps_and_evaluation_interval_default_to_the_recipe(tmp_path):
+    args = bench_metaworld.parse_args(["--tasks", "reach-v3"])
+    assert args.train_steps is None and args.eval_every is None
+    overrides = bench_metaworld.train_overrides("reach-v3", "flow", 0, args, tmp_path / "demos.zarr")
+    cfg = bench_metaworld.compose_train_config(overrides)
+    recipe = bench_metaworld.compose_train_config(["task=metaworld"])
+    assert cfg.training.max_steps == recipe.training.max_steps and cfg.rollout.every == recipe.rollout.every
+    given = bench_metaworld.parse_args(["--tasks", "reach-v3", "--train-steps", "40", "--eval-every", "20"])
+    cfg = bench_metaworld.compose_train_config(bench_metaworld.train_overrides("reach-v3", "flow", 0, given, tmp_path))
+    assert (cfg.training.max_steps, cfg.rollout.every) == (40, 20)
+
+
 def test_top_k_mean_is_dp3s_score():
     assert bench_metaworld.top_k_mean([0.1, 0.9, 0.5, 0.7], 2) == pytest.approx(0.8)
     assert bench_metaworld.top_k_mean([0.4], 5) == pytest.approx(0.4)
@@ -120,6 +143,7 @@ def test_top_k_mean_is_dp3s_score():
         (["--episodes", "0"], "must be >= 1"),
         (["--eval-every", "0"], "must be >= 1"),
         (["--amp", "yes"], "invalid choice: 'yes'"),
+        (["--tag", "../x"], "--tag '../x' must be"),
     ],
 )
 def test_bad_arguments_are_refused(args, message, capsys):

@@ -109,7 +109,8 @@ def test_a_tasks_recipe_applies_with_the_cpu_defaults_and_yields_to_the_command_
     assert push_t.obs == "state" and push_t.training.batch_size == 128 and push_t.training.lr == 5e-4
     assert list(push_t.policy.denoiser.down_dims) == [32, 64, 128] and push_t.policy.n_action_steps == 4
     assert (metaworld.policy.horizon, metaworld.policy.n_obs_steps, metaworld.policy.n_action_steps) == (4, 2, 3)
-    assert metaworld.dataset.val_ratio == 0.0 and metaworld.rollout.every == 300
+    assert metaworld.dataset.val_ratio == 0.0 and metaworld.rollout.every == 1000
+    assert metaworld.training.max_steps == 7000
     assert (generic.policy.horizon, generic.training.batch_size, generic.rollout.every) == (16, 64, 0)  # no recipe
     assert _train_cfg("task=metaworld_multi").policy.horizon == 4  # the multi-task store takes the single-task recipe
     dp = _train_cfg("task=push_t", "policy=unet_dp", "training=dp")  # Diffusion Policy's setup is left alone
