@@ -124,13 +124,24 @@ def worker_pids(torchrun_pid: int) -> dict[int, int]:
     return ranks
 
 
-def assert_same_parameters(a: Path, b: Path, atol: float) -> None:
-    """The model and EMA weights of two checkpoints agree within ``atol``."""
+def assert_same_parameters(a: Path, b: Path, atol: float, off_fraction: float = 0.0) -> None:
+    """The model and EMA weights of two checkpoints agree within ``atol``, but for at most ``off_fraction`` of them.
+
+    The exception is for runs whose gradients were summed in another order: where an element's true gradient is
+    (nearly) 0, Adam turns the rounding noise into steps of size lr, as for SHIFT_INVARIANT; such elements are rare.
+    """
     first, second = load_checkpoint(a), load_checkpoint(b)
     for part in ("model", "ema"):
+        off = total = 0
         for key, value in first[part].items():
-            if key != SHIFT_INVARIANT:
+            if key == SHIFT_INVARIANT:
+                continue
+            if off_fraction == 0:
                 torch.testing.assert_close(second[part][key], value, atol=atol, rtol=0, msg=f"{part} {key}")
+            elif value.is_floating_point():
+                off += int(((second[part][key] - value).abs() > atol).sum())
+                total += value.numel()
+        assert off <= off_fraction * total, f"{part}: {off} of {total} weights differ by more than {atol}"
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +172,11 @@ def test_two_ranks_train_the_samples_losses_and_weights_of_one_process(runs):
     assert sorted(one) == sorted(two) == list(range(1, 21))
     for key in ("loss", "val_loss", "grad_norm"):
         steps = [s for s in one if key in one[s]]
-        np.testing.assert_allclose([two[s][key] for s in steps], [one[s][key] for s in steps], rtol=0, atol=1e-5)
+        # The all-reduce sums gradients in another order than one process: fp32 rounding (about 1e-7 relative) that
+        # 20 steps grow to a few 1e-6 on some CPUs; a rank training on other rows or a wrong average is off by >= 1e-2.
+        np.testing.assert_allclose([two[s][key] for s in steps], [one[s][key] for s in steps], rtol=1e-4, atol=1e-5)
     assert_same_parameters(
-        runs["one"] / "checkpoints" / "latest.ckpt", runs["two"] / "checkpoints" / "latest.ckpt", 1e-5
+        runs["one"] / "checkpoints" / "latest.ckpt", runs["two"] / "checkpoints" / "latest.ckpt", 1e-5, 1e-4
     )
     ckpt = load_checkpoint(runs["two"] / "checkpoints" / "latest.ckpt")
     assert ckpt["world_size"] == 2 and len(ckpt["rank_rng"]) == 2 and ckpt["ema"] is not None
