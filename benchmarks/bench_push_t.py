@@ -345,7 +345,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--ablate-n-action-steps",
         nargs="*",
         type=int,
-        default=[8, 2],
+        default=[8, 4, 2],
         help="also evaluate each final checkpoint executing these numbers of actions per chunk",
     )
     parser.add_argument("--n-envs", type=int, default=2, help="env worker processes per evaluation")

@@ -107,7 +107,7 @@ def _train_cfg(*overrides):
 def test_a_tasks_recipe_applies_with_the_cpu_defaults_and_yields_to_the_command_line():
     push_t, metaworld, generic = _train_cfg("task=push_t"), _train_cfg("task=metaworld"), _train_cfg("task=push_around")
     assert push_t.obs == "state" and push_t.training.batch_size == 128 and push_t.training.lr == 5e-4
-    assert list(push_t.policy.denoiser.down_dims) == [32, 64, 128] and push_t.policy.n_action_steps == 4
+    assert list(push_t.policy.denoiser.down_dims) == [32, 64, 128] and push_t.policy.n_action_steps == 2
     assert (metaworld.policy.horizon, metaworld.policy.n_obs_steps, metaworld.policy.n_action_steps) == (4, 2, 3)
     assert metaworld.dataset.val_ratio == 0.0 and metaworld.rollout.every == 1000
     assert metaworld.training.max_steps == 7000
@@ -121,6 +121,6 @@ def test_a_tasks_recipe_applies_with_the_cpu_defaults_and_yields_to_the_command_
     assert dropped.obs == "image" and dropped.training.batch_size == 64 and dropped.rollout.every == 0
     image = _train_cfg("+experiment=push_t_image")
     assert image.obs == "image" and image.training.batch_size == 64 and image.training.max_steps == 6000
-    assert push_t.training.max_steps == 8000
+    assert push_t.training.max_steps == 12000
     pinned = _train_cfg("+experiment=metaworld", "task=metaworld_multi", "policy.horizon=8")
     assert pinned.policy.horizon == 8 and pinned.policy.n_action_steps == 3
