@@ -32,5 +32,5 @@ def test_every_case_is_a_valid_train_config(pair):
         new, old = built["new"], built["old"]
         assert new.obs == old.obs == "state" and old.amp is True and new.amp == "auto"  # auto: fp32 for low-dim
         assert (new.training.batch_size, old.training.batch_size) == (128, 64)
-        assert list(new.policy.denoiser.down_dims) == [32, 64, 128] and new.policy.n_action_steps == 4
+        assert list(new.policy.denoiser.down_dims) == [32, 64, 128] and new.policy.n_action_steps == 2
         assert list(old.policy.denoiser.down_dims) == [64, 128, 256] and old.policy.n_action_steps == 8
