@@ -39,6 +39,7 @@ from tqdm import tqdm
 from data.atomic import write_text_atomic
 from data.collect import collect
 from data.replay_buffer import ReplayBuffer
+from data.task_store import shape_meta_of
 from dp3_reference import DP3_DIFFUSION_POLICY, group_means
 from envs.metaworld_tasks import METAWORLD_MAX_EPISODE_STEPS, METAWORLD_TASK_NAMES
 from policy.optim import autocast_enabled, resolve_device
@@ -221,9 +222,14 @@ def markdown_report(payload: Mapping[str, Any]) -> str:
     k = p["top_k"]
     planned = len(p["tasks"]) * len(p["objectives"]) * len(p["seeds"])
     planned = max(planned, len(payload["models"]) + len(payload["pending"]))  # --report-only found more seeds
+    obs = p.get("obs_shapes", {"image": [0, 0, 3], "agent_pos": [4]})  # tables written before obs_shapes: image
+    seen = " + ".join(
+        f"`{key}` ({p['image_size']} px, crop {p['crop_size']})" if len(shape) == 3 else f"`{key}` ({shape[0]}-d)"
+        for key, shape in obs.items()
+    )
     lines = [
-        f"MetaWorld v3, {p['demos']} expert demos per task, `image` ({p['image_size']} px, crop {p['crop_size']}) + "
-        f"`agent_pos`; UNet {p['down_dims']}, horizon {p['horizon']}, {p['n_obs_steps']} observation steps, "
+        f"MetaWorld v3, {p['demos']} expert demos per task, {seen}; UNet {p['down_dims']}, horizon {p['horizon']}, "
+        f"{p['n_obs_steps']} observation steps, "
         f"{p['n_action_steps']} actions per chunk; {p['train_steps']} training steps x batch {p['batch_size']} "
         f"(bf16 autocast {p['amp']}); evaluation every {p['eval_every']} steps on the same {p['episodes']} layouts "
         f"(seeds {p['eval_seed']}..{p['eval_seed'] + p['episodes'] - 1}), at most {p['max_episode_steps']} steps "
@@ -302,6 +308,7 @@ def write_report(
             "demos": args.demos,
             "image_size": args.image_size,
             "crop_size": args.crop_size,
+            "obs_shapes": {k: list(v["shape"]) for k, v in shape_meta_of(cfg)["obs"].items()},  # what the models see
             "down_dims": policy_cfg["denoiser"]["down_dims"],
             "horizon": policy_cfg["horizon"],
             "n_obs_steps": policy_cfg["n_obs_steps"],

@@ -161,7 +161,12 @@ def _probe_store(
     step_in_episode = np.arange(len(y)) - np.r_[0, buffer.episode_ends][episode]
     subsets = {"all": np.ones(len(y), dtype=bool), f"first {early}": step_in_episode < early}
     rows = [
-        {"frames": subset, "predictor": p, **probe_scores(ridge_loeo(inputs[p][m], y[m], episode[m]), y[m])}
+        {
+            "frames": subset,
+            "n_frames": int(m.sum()),
+            "predictor": p,
+            **probe_scores(ridge_loeo(inputs[p][m], y[m], episode[m]), y[m]),
+        }
         for subset, m in subsets.items()
         for p in PREDICTORS
         if inputs[p].shape[1]
@@ -208,7 +213,7 @@ def markdown(payload: dict[str, Any]) -> str:
                 ", ".join(f"{v:{f}}" for v in s[k]) for k, f in (("rmse", ".4f"), ("sd", ".4f"), ("r2", ".2f"))
             )
             lines.append(
-                f"| {m['name']} | {s['frames']} ({m['frames']} frames, {m['episodes']} episodes) | {s['predictor']} "
+                f"| {m['name']} | {s['frames']} ({s['n_frames']} frames, {m['episodes']} episodes) | {s['predictor']} "
                 f"| {rmse} | {sd} | {r2} | {_r2(s['mean_r2'])} |"
             )
     lines += [

@@ -4,7 +4,8 @@ Image keys go through Diffusion Policy's vision stack built from robomimic block
 trunk (``robomimic.models.base_nets.ResNet18Conv``, no pretrained weights) whose BatchNorms are
 replaced by GroupNorm (num_groups = channels // 16), robomimic's ``SpatialSoftmax`` keypoints and
 a linear projection. ``backbone="small"`` swaps the trunk for three stride-2 conv layers (same
-GroupNorm, same keypoint head) so image policies train on a CPU. Low-dim keys (already
+GroupNorm, same keypoint head) so image policies train on a CPU; its strides (``small_strides``) set the resolution
+of the keypoint map (2, 2, 2: a 76 px crop -> 10x10; 2, 2, 1: 19x19). Low-dim keys (already
 normalized by the policy's normalizer) are concatenated after the image features.
 
 The crop is our own rather than robomimic's ``CropRandomizer``: it cuts the (N, H, W, 3) images
@@ -55,26 +56,34 @@ def replace_batchnorm_with_groupnorm(module: nn.Module, channels_per_group: int 
 
 
 class SmallConvTrunk(nn.Module):
-    """Three 3x3 stride-2 conv layers with GroupNorm and an activation (Mish or SiLU): a CPU-sized image trunk."""
+    """3x3 conv layers (stride 2 by default) with GroupNorm and an activation (Mish or SiLU): a CPU-sized trunk."""
 
-    def __init__(self, channels: Sequence[int] = (32, 64, 128), activation: str = "mish") -> None:
+    def __init__(
+        self, channels: Sequence[int] = (32, 64, 128), activation: str = "mish", strides: Sequence[int] | None = None
+    ) -> None:
         super().__init__()
         if activation not in SMALL_ACTIVATIONS:
             raise ValueError(f"unknown small_activation {activation!r}; use one of {sorted(SMALL_ACTIVATIONS)}")
+        strides = [2] * len(channels) if strides is None else [int(s) for s in strides]
+        if len(strides) != len(channels) or any(s not in (1, 2) for s in strides):
+            raise ValueError(
+                f"small_strides {strides} must give stride 1 or 2 to each of the {len(channels)} small_channels; fix it"
+            )
         layers: list[nn.Module] = []
         cin = 3
-        for cout in channels:
+        for cout, stride in zip(channels, strides):
             act = SMALL_ACTIVATIONS[activation]()
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(max(1, cout // 16), cout), act]
+            layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(max(1, cout // 16), cout), act]
             cin = cout
         self.nets = nn.Sequential(*layers)
+        self.strides = strides
         self.out_channels = cin
 
     def output_shape(self, input_shape: Sequence[int]) -> list[int]:
         """(C, H, W) of the feature map for an input of shape (3, H, W)."""
         _, h, w = input_shape
-        for _ in range(len(self.nets) // 3):
-            h, w = (h + 1) // 2, (w + 1) // 2
+        for stride in self.strides:
+            h, w = (h + stride - 1) // stride, (w + stride - 1) // stride
         return [self.out_channels, h, w]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -112,6 +121,7 @@ class ImageEncoder(nn.Module):
         num_keypoints: int,
         small_channels: Sequence[int] = (32, 64, 128),
         small_activation: str = "mish",
+        small_strides: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if backbone == "resnet18":
@@ -120,7 +130,7 @@ class ImageEncoder(nn.Module):
                 trunk = ResNet18Conv(input_channel=3, pretrained=False)
             self.trunk = replace_batchnorm_with_groupnorm(trunk)
         elif backbone == "small":
-            self.trunk = SmallConvTrunk(small_channels, small_activation)
+            self.trunk = SmallConvTrunk(small_channels, small_activation, small_strides)
         else:
             raise ValueError(f"unknown image backbone {backbone!r}; use one of {BACKBONES}")
         feature_shape = self.trunk.output_shape([3, *image_hw])
@@ -173,6 +183,7 @@ class ObsEncoder(nn.Module):
         num_keypoints: int = 32,
         small_channels: Sequence[int] = (32, 64, 128),
         small_activation: str = "mish",
+        small_strides: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.rgb_keys: list[str] = []
@@ -210,7 +221,13 @@ class ObsEncoder(nn.Module):
         self.image_encoders = nn.ModuleDict()
         for key in self.rgb_keys[:1] if share_rgb_model else self.rgb_keys:
             self.image_encoders[key] = ImageEncoder(
-                self.crop_hw[key], backbone, feature_dim, num_keypoints, tuple(small_channels), small_activation
+                self.crop_hw[key],
+                backbone,
+                feature_dim,
+                num_keypoints,
+                tuple(small_channels),
+                small_activation,
+                None if small_strides is None else tuple(small_strides),
             )
         self.output_dim = feature_dim * len(self.rgb_keys) + low_dim
 

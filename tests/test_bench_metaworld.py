@@ -58,6 +58,8 @@ def test_run_evaluates_during_training_and_scores_the_best_k_and_the_final_check
     table = (run["tmp"] / "results" / "metaworld.md").read_text()
     assert "| reach-v3 | easy | flow | 2 |" in table and "0.18 ± 0.02" in table and "--train-steps 4" in table
     assert "Partial" not in table and "hard 9.0%" in table
+    assert saved["protocol"]["obs_shapes"] == {"image": [32, 32, 3], "agent_pos": [4]}
+    assert "2 expert demos per task, `image` (32 px, crop 28) + `agent_pos` (4-d); UNet" in table
     assert (run["tmp"] / "results" / "metaworld_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -116,6 +118,15 @@ def test_a_tag_names_the_result_files_and_the_caption_names_the_cpu(run, tmp_pat
     table = (tmp_path / "metaworld_variant.md").read_text()
     assert "metaworld_variant_curves.png" in table and (tmp_path / "metaworld_variant_curves.png").exists()
     assert f"CPU ({payload['machine']['cpu']}, " in table and payload["machine"]["cpus"] >= 1
+
+
+def test_the_caption_names_what_the_models_observe(run):
+    payload = json.loads(json.dumps(run["payload"]))
+    payload["protocol"]["obs_shapes"] = {"state": [39]}  # a run with the override obs=state
+    caption = bench_metaworld.markdown_report(payload).splitlines()[0]
+    assert "2 expert demos per task, `state` (39-d); UNet" in caption and "px" not in caption
+    del payload["protocol"]["obs_shapes"]  # a table written before the protocol recorded it: the image models
+    assert "`image` (32 px, crop 28) + `agent_pos` (4-d); UNet" in bench_metaworld.markdown_report(payload)
 
 
 def test_steps_and_evaluation_interval_default_to_the_recipe(tmp_path):

@@ -60,6 +60,22 @@ def test_small_trunk_channels_are_configurable():
     assert enc({"image": torch.rand(2, 2, 20, 20, 3)}).shape == (2, 2, 4)
 
 
+@pytest.mark.parametrize("strides, side", [(None, 2), ((2, 2, 1), 4), ((1, 2, 1), 7), ((1, 1, 1), 13)])
+def test_small_trunk_strides_set_the_keypoint_map_resolution(strides, side):
+    enc = ObsEncoder(_cams("image"), backbone="small", crop_shape=(13, 13), num_keypoints=4, small_strides=strides)
+    image = enc.image_encoders["image"]
+    feature = image.trunk(torch.rand(3, 3, 13, 13))
+    assert tuple(feature.shape[-2:]) == (side, side) == tuple(image.trunk.output_shape([3, 13, 13])[-2:])
+    assert (image.keypoints._in_h, image.keypoints._in_w) == (side, side)
+    assert enc({"image": torch.rand(2, 2, 16, 16, 3)}).shape == (2, 2, 64)
+
+
+def test_small_trunk_strides_reject_bad_values():
+    for strides in ((2, 2), (2, 3, 2)):
+        with pytest.raises(ValueError, match="small_strides .* must give stride 1 or 2 to each of the 3"):
+            ObsEncoder(_cams("image"), backbone="small", crop_shape=(16, 16), small_strides=strides)
+
+
 def test_small_trunk_activation_is_mish_or_silu():
     kinds = {}
     for activation in ("mish", "silu"):

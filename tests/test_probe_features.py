@@ -95,6 +95,7 @@ def test_image_features_and_low_dim_observations_are_probed_apart(bench_dir, tmp
     assert model["name"] == "tiny-v3 flow_seed0" and model["frames"] == 84 and model["episodes"] == 6
     probes = {(p["frames"], p["predictor"]): p for p in model["probes"]}
     assert set(probes) == {(f, p) for f in ("all", "first 4") for p in probe_features.PREDICTORS}
+    assert probes["all", "image"]["n_frames"] == 84 and probes["first 4", "image"]["n_frames"] == 6 * 4
     assert probes["all", "low_dim"]["mean_r2"] > 0.99  # agent_pos is the target
     assert probes["all", "image"]["mean_r2"] < 0.3  # random images: only a leak of agent_pos would locate it
     assert probes["all", "image + low_dim"]["mean_r2"] > 0.9
@@ -103,6 +104,7 @@ def test_image_features_and_low_dim_observations_are_probed_apart(bench_dir, tmp
     assert saved["target"] == ["state", 3, 5] and saved["models"][0]["probes"] == model["probes"]
     table = (tmp_path / "probe_features.md").read_text()
     assert table.count("| tiny-v3 flow_seed0 |") == 6 and "state[3:5]" in table
+    assert table.count("| first 4 (24 frames, 6 episodes) |") == 3
 
 
 def test_bad_input_names_the_problem(bench_dir, tmp_path):
