@@ -120,7 +120,8 @@ def test_a_tasks_recipe_applies_with_the_cpu_defaults_and_yields_to_the_command_
     dropped = _train_cfg("task=push_t", "~recipe")
     assert dropped.obs == "image" and dropped.training.batch_size == 64 and dropped.rollout.every == 0
     image = _train_cfg("+experiment=push_t_image")
-    assert image.obs == "image" and image.training.batch_size == 64 and image.training.max_steps == 6000
+    assert image.obs == "image" and image.training.batch_size == 64 and image.training.max_steps == 8500
+    assert image.policy.n_obs_steps == 1 and push_t.policy.n_obs_steps == 2  # one frame for images only
     assert push_t.training.max_steps == 12000
     pinned = _train_cfg("+experiment=metaworld", "task=metaworld_multi", "policy.horizon=8")
     assert pinned.policy.horizon == 8 and pinned.policy.n_action_steps == 3
